@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minireptile",
+    version="0.1.0",
+    description="Reptile, first-order MAML and exact MAML in NumPy/CuPy, written by hand "
+                "(Nichol, Achiam, Schulman 2018).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["minireptile", "minireptile.*"]),
+    package_data={"minireptile": ["assets/*"]},
+    install_requires=["numpy>=1.22", "scipy>=1.8", "h5py>=3.6"],
+    extras_require={
+        "cuda": ["cupy-cuda12x"],
+        "data": ["Pillow>=9"],
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "Pillow>=9"],
+    },
+    entry_points={"console_scripts": ["minireptile=minireptile.cli:main"]},
+)
