@@ -1,0 +1,175 @@
+"""Models over one flat parameter vector theta.
+
+A ``Sequential`` model is a list of layers and a loss. Its parameters live in one
+contiguous vector ``theta`` of length P, laid out layer by layer (``layout``: name ->
+(offset, shape), e.g. ``"0.w"`` for the first layer's weights); every layer reads its
+weights as views of that vector. With leading task axes, ``theta`` is ``(T, P)`` and
+inputs ``(T, B, ...)``: T independent tasks run in one batched pass, and every result
+(loss, gradient, Hessian-vector product) keeps the task axes.
+
+    loss_and_grad(theta, x, y) -> L, dL/dtheta                forward, then backward
+    hvp(theta, x, y, v)        -> H v                         exact, by the R-operator:
+                                  forward, R-forward along v, then backward and
+                                  R-backward together (Pearlmutter 1994)
+"""
+import numpy as np
+
+from .backend import get_xp
+from .errors import UserError
+from .layers import Linear, ReLU, Tanh
+from .losses import MSE, SoftmaxCrossEntropy
+
+
+class ShapeError(UserError, ValueError):
+    """An array passed to a model has the wrong shape; the message says what was expected."""
+
+
+class Sequential:
+    """Layers applied in order, then a loss; parameters in one flat vector.
+
+    layers: the layers; loss: an object of ``losses``; input_shape: the shape of one
+    example (e.g. ``(1,)`` for the sine MLP, ``(28, 28, 1)`` for Omniglot).
+    """
+
+    def __init__(self, layers, loss, input_shape, name="model"):
+        self.layers, self.loss_fn, self.name = list(layers), loss, name
+        self.input_shape = tuple(input_shape)
+        self.layout, self.shapes, offset, shape = {}, [self.input_shape], 0, self.input_shape
+        for i, layer in enumerate(self.layers):
+            for pname, pshape in layer.params:
+                self.layout[f"{i}.{pname}"] = (offset, tuple(pshape))
+                offset += int(np.prod(pshape))
+            shape = layer.output_shape(shape)
+            self.shapes.append(shape)
+        self.num_params = offset
+        self.output_shape = shape
+
+    # -- parameters ------------------------------------------------------------------
+    def init(self, rng):
+        """A float64 host vector theta of length P, each layer initialised as TensorFlow does."""
+        parts = []
+        for layer in self.layers:
+            values = layer.init(rng)
+            parts += [np.asarray(values[name], np.float64).ravel() for name, _ in layer.params]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def views(self, theta):
+        """Per layer, a dict name -> view of theta with shape (..., *param_shape)."""
+        lead = theta.shape[:-1]
+        out = []
+        for i, layer in enumerate(self.layers):
+            d = {}
+            for pname, pshape in layer.params:
+                off, shape = self.layout[f"{i}.{pname}"]
+                d[pname] = theta[..., off:off + int(np.prod(shape))].reshape(lead + shape)
+            out.append(d)
+        return out
+
+    def _flatten(self, grads, lead):
+        xp = get_xp(*[g for d in grads for g in d.values()])
+        parts = [grads[i][pname].reshape(lead + (-1,))
+                 for i, layer in enumerate(self.layers) for pname, _ in layer.params]
+        return xp.concatenate(parts, axis=-1)
+
+    def _check(self, theta, x, y=None, v=None):
+        if theta.ndim < 1 or theta.shape[-1] != self.num_params:
+            raise ShapeError(f"{self.name}: theta has shape {tuple(theta.shape)}; expected "
+                             f"(..., {self.num_params}) with {self.num_params} parameters")
+        lead = theta.shape[:-1]
+        want = lead + ("B",) + self.input_shape
+        if x.ndim != len(want) or x.shape[:len(lead)] != lead or \
+                x.shape[len(lead) + 1:] != self.input_shape:
+            raise ShapeError(f"{self.name}: x has shape {tuple(x.shape)}; expected "
+                             f"{tuple(want)} for theta of shape {tuple(theta.shape)}")
+        if y is not None and y.shape[:x.ndim - len(self.input_shape)] != \
+                x.shape[:x.ndim - len(self.input_shape)]:
+            raise ShapeError(f"{self.name}: y has shape {tuple(y.shape)}; expected leading "
+                             f"shape {tuple(x.shape[:len(lead) + 1])} to match x")
+        if v is not None and v.shape != theta.shape:
+            raise ShapeError(f"{self.name}: v has shape {tuple(v.shape)}; expected "
+                             f"{tuple(theta.shape)}, the shape of theta")
+        return lead
+
+    # -- passes ----------------------------------------------------------------------
+    def _forward(self, p, x):
+        caches = []
+        for layer, pl in zip(self.layers, p):
+            x, cache = layer.forward(pl, x)
+            caches.append(cache)
+        return x, caches
+
+    def predict(self, theta, x):
+        """The model's output (logits or regression values), shape (..., B, *output_shape)."""
+        self._check(theta, x)
+        return self._forward(self.views(theta), x)[0]
+
+    def loss(self, theta, x, y):
+        """The loss, one value per task: shape theta.shape[:-1]."""
+        self._check(theta, x, y)
+        return self.loss_fn.forward(self._forward(self.views(theta), x)[0], y)[0]
+
+    def loss_and_grad(self, theta, x, y):
+        """(L, dL/dtheta): shapes theta.shape[:-1] and theta.shape."""
+        lead = self._check(theta, x, y)
+        p = self.views(theta)
+        z, caches = self._forward(p, x)
+        loss, lcache = self.loss_fn.forward(z, y)
+        dy, grads = self.loss_fn.backward(lcache), [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            dy, grads[i] = self.layers[i].backward(p[i], caches[i], dy, need_dx=i > 0)
+        return loss, self._flatten(grads, lead)
+
+    def grad(self, theta, x, y):
+        """dL/dtheta, shape theta.shape."""
+        return self.loss_and_grad(theta, x, y)[1]
+
+    def loss_grad_hvp(self, theta, x, y, v):
+        """(L, g, H v) in one pass: the R-operator rides along the gradient's passes.
+
+            R{z} = J v                   (R-forward, layer by layer)
+            R{dz} = (d^2L/dz^2) R{z}      (loss.rbackward)
+            H v = R{dL/dtheta}            (R-backward, beside the ordinary backward)
+        """
+        lead = self._check(theta, x, y, v)
+        p, rp = self.views(theta), self.views(v)
+        z, caches = self._forward(p, x)
+        rz, rcaches = None, []
+        for layer, pl, rpl, cache in zip(self.layers, p, rp, caches):
+            rz, rcache = layer.rforward(pl, rpl, cache, rz)
+            rcaches.append(rcache)
+        loss, lcache = self.loss_fn.forward(z, y)
+        dy = self.loss_fn.backward(lcache)
+        rdy = self.loss_fn.rbackward(lcache, rz)
+        grads, rgrads = [None] * len(self.layers), [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            layer, need_dx = self.layers[i], i > 0
+            rdx, rgrads[i] = layer.rbackward(p[i], rp[i], caches[i], rcaches[i], dy, rdy,
+                                             need_dx=need_dx)
+            dy, grads[i] = layer.backward(p[i], caches[i], dy, need_dx=need_dx)
+            rdy = rdx
+        return loss, self._flatten(grads, lead), self._flatten(rgrads, lead)
+
+    def hvp(self, theta, x, y, v):
+        """H v, the exact Hessian of the loss at theta times v (shape theta.shape)."""
+        return self.loss_grad_hvp(theta, x, y, v)[2]
+
+
+ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}
+
+
+def mlp(sizes, activation="relu", loss="mse"):
+    """A multi-layer perceptron, e.g. the paper's sine model ``mlp((1, 64, 64, 1))``.
+
+    sizes: (input, hidden..., output); activation: 'relu' or 'tanh' between layers;
+    loss: 'mse' (regression, Eq. 8) or 'xent' (summed softmax cross-entropy).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected relu or tanh")
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(d_in, d_out))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    losses = {"mse": MSE, "xent": SoftmaxCrossEntropy}
+    return Sequential(layers, losses[loss](), (sizes[0],),
+                      name="mlp(" + "-".join(map(str, sizes)) + ")")
