@@ -15,6 +15,7 @@ inputs ``(T, B, ...)``: T independent tasks run in one batched pass, and every r
 import numpy as np
 
 from .backend import get_xp
+from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d
 from .errors import UserError
 from .layers import Linear, ReLU, Tanh
 from .losses import MSE, SoftmaxCrossEntropy
@@ -173,3 +174,46 @@ def mlp(sizes, activation="relu", loss="mse"):
     losses = {"mse": MSE, "xent": SoftmaxCrossEntropy}
     return Sequential(layers, losses[loss](), (sizes[0],),
                       name="mlp(" + "-".join(map(str, sizes)) + ")")
+
+
+def _cnn(blocks, num_classes, input_shape, name):
+    """Convolutional blocks, then Flatten and a dense head sized from the blocks' output."""
+    layers, shape = [layer for block in blocks for layer in block], tuple(input_shape)
+    for layer in layers:
+        shape = layer.output_shape(shape)
+    layers += [Flatten(), Linear(int(np.prod(shape)), num_classes)]
+    return Sequential(layers, SoftmaxCrossEntropy(), input_shape, name=name)
+
+
+def omniglot_cnn(num_classes, input_shape=(28, 28, 1), filters=64):
+    """The paper's Omniglot model (section 6.1, from MAML's): 4 x [conv 3x3 stride 2 'same',
+    batch norm, ReLU] -> dense, with the summed softmax cross-entropy.
+
+    Spatial sizes 28 -> 14 -> 7 -> 4 -> 2, so the head sees 2*2*64 = 256 features.
+    Parameters, as in the TensorFlow model (kernels, biases, batch-norm scale and offset,
+    dense): 640 + 3 * 36928 (convs) + 4 * 128 (batch norm) + 257 N (dense) = 111936 + 257 N,
+    113221 for N = 5 classes, 117076 for N = 20.
+    ``input_shape`` and ``filters`` may be reduced for gradient checks.
+    """
+    c, blocks = input_shape[-1], []
+    for _ in range(4):
+        blocks.append([Conv2d(c, filters, stride=2, padding="same"), BatchNorm(filters), ReLU()])
+        c = filters
+    return _cnn(blocks, num_classes, input_shape, f"omniglot_cnn({num_classes})")
+
+
+def miniimagenet_cnn(num_classes, input_shape=(84, 84, 3), filters=32):
+    """The paper's Mini-ImageNet model (section 6.1): 4 x [conv 3x3 'same', batch norm,
+    max-pool 2x2 'same', ReLU] -> dense, with the summed softmax cross-entropy.
+
+    Spatial sizes 84 -> 42 -> 21 -> 11 -> 6, so the head sees 6*6*32 = 1152 features.
+    Parameters, as in the TensorFlow model: 896 + 3 * 9248 (convs) + 4 * 64 (batch norm)
+    + 1153 N (dense) = 28896 + 1153 N, 34661 for N = 5 classes.
+    ``input_shape`` and ``filters`` may be reduced for gradient checks.
+    """
+    c, blocks = input_shape[-1], []
+    for _ in range(4):
+        blocks.append([Conv2d(c, filters, padding="same"), BatchNorm(filters), MaxPool2d(),
+                       ReLU()])
+        c = filters
+    return _cnn(blocks, num_classes, input_shape, f"miniimagenet_cnn({num_classes})")

@@ -1,0 +1,124 @@
+"""Batch normalisation with the statistics of the current batch, and its R-operator passes.
+
+Paper section 6.1: both CNNs put batch norm after every convolution, and the paper's code
+(``tf.layers.batch_normalization(training=True)``) always normalises with the statistics
+of the batch it sees, at meta-training and at evaluation alike; scale and offset are
+learned and epsilon is 1e-3. With leading task axes every task has its own statistics.
+"""
+import numpy as np
+
+from .backend import get_xp
+
+
+class BatchNorm:
+    """y = gamma xhat + beta, xhat = (x - mean(x)) / sqrt(var(x) + eps), per channel.
+
+    Means run over every axis but the task axes and the channel axis: (B, H, W) for
+    images (..., B, H, W, C), B for features (..., B, C). Per channel, with M values:
+
+        xc = x - mean(x),  s = (mean(xc^2) + eps)^(-1/2),  xhat = xc s
+        backward:  dbeta = sum(dy),  dgamma = sum(dy xhat)
+                   dx = gamma s t,   t = dy - mean(dy) - xhat mean(dy xhat)
+
+    R-forward (the tangent along rx, rgamma, rbeta; mean(xc) = 0 removes the R{mean} term
+    from R{var}):
+
+        R{mean} = mean(rx)
+        R{var}  = 2 mean(xc (rx - R{mean})) = 2 mean(xc rx)
+        R{s}    = -s^3 R{var} / 2 = -s^2 mean(xhat rx)
+        R{xhat} = s (rx - R{mean}) + xc R{s} = s (rx - mean(rx) - xhat mean(xhat rx))
+        R{y}    = rgamma xhat + gamma R{xhat} + rbeta
+
+    R-backward, the product rule on dx = g t with g = gamma s:
+
+        R{g}      = rgamma s + gamma R{s}
+        R{t}      = rdy - mean(rdy) - R{xhat} mean(dy xhat) - xhat mean(rdy xhat + dy R{xhat})
+        R{dx}     = R{g} t + g R{t}
+        R{dgamma} = sum(rdy xhat + dy R{xhat}),   R{dbeta} = sum(rdy)
+
+    With rx = None (a zero tangent) R{xhat} = R{s} = 0. Parameters ``gamma, beta (C,)``,
+    initialised to 1 and 0: 2 C in all.
+    """
+
+    def __init__(self, channels, eps=1e-3):
+        self.channels, self.eps = channels, eps
+        self.params = (("gamma", (channels,)), ("beta", (channels,)))
+
+    def output_shape(self, in_shape):
+        if not in_shape or in_shape[-1] != self.channels:
+            raise ValueError(f"BatchNorm({self.channels}) got inputs of shape {tuple(in_shape)}")
+        return tuple(in_shape)
+
+    def init(self, rng):
+        return {"gamma": np.ones(self.channels), "beta": np.zeros(self.channels)}
+
+    def _rows(self, p, a):
+        """a as (..., M, C): one row per position of one task."""
+        return a.reshape(*p["gamma"].shape[:-1], -1, self.channels)
+
+    def forward(self, p, x):
+        x2 = self._rows(p, x)                                     # (..., M, C)
+        xc = x2 - x2.mean(axis=-2, keepdims=True)
+        s = 1 / get_xp(x).sqrt((xc * xc).mean(axis=-2, keepdims=True) + self.eps)  # (..., 1, C)
+        xhat = xc
+        xhat *= s
+        y = xhat * p["gamma"][..., None, :]
+        y += p["beta"][..., None, :]
+        return y.reshape(x.shape), (xhat, s, x.shape)
+
+    def backward(self, p, cache, dy, need_dx=True):
+        xhat, s, x_shape = cache
+        dy2 = dy.reshape(xhat.shape)                              # (..., M, C)
+        dbeta, dgamma = dy2.sum(axis=-2), (dy2 * xhat).sum(axis=-2)
+        dx = None
+        if need_dx:                                               # dx = g t
+            g = p["gamma"][..., None, :] * s                      # (..., 1, C)
+            gm = g * (1 / xhat.shape[-2])
+            dx = dy2 * g
+            dx -= xhat * (gm * dgamma[..., None, :])
+            dx -= gm * dbeta[..., None, :]
+            dx = dx.reshape(x_shape)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+    def rforward(self, p, rp, cache, rx):
+        xhat, s, x_shape = cache
+        ry = xhat * rp["gamma"][..., None, :]                     # R{y} = rgamma xhat + rbeta
+        ry += rp["beta"][..., None, :]
+        rcache = None
+        if rx is not None:                                        #      + gamma R{xhat}
+            rx2 = rx.reshape(xhat.shape)
+            m_r = (rx2 * xhat).mean(axis=-2, keepdims=True)       # mean(xhat rx)   (..., 1, C)
+            rxhat = rx2 - rx2.mean(axis=-2, keepdims=True)
+            rxhat -= xhat * m_r
+            rxhat *= s
+            ry += rxhat * p["gamma"][..., None, :]
+            rcache = (rxhat, -s * s * m_r)                        # R{xhat}, R{s}
+        return ry.reshape(x_shape), rcache
+
+    def rbackward(self, p, rp, cache, rcache, dy, rdy, need_dx=True):
+        xhat, s, x_shape = cache
+        dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M, C)
+        inv_m = 1 / xhat.shape[-2]
+        rdbeta = rdy2.sum(axis=-2)
+        rdgamma = (rdy2 * xhat).sum(axis=-2)                      # R{dgamma} = sum(rdy xhat
+        if rcache is not None:                                    #            + dy R{xhat})
+            rxhat, rs = rcache
+            rdgamma += (dy2 * rxhat).sum(axis=-2)
+        rdx = None
+        if need_dx:
+            gamma, rgamma = p["gamma"][..., None, :], rp["gamma"][..., None, :]
+            mean_dy = dy2.mean(axis=-2, keepdims=True)
+            mean_dy_xhat = (dy2 * xhat).mean(axis=-2, keepdims=True)
+            t = dy2 - mean_dy
+            t -= xhat * mean_dy_xhat
+            rg = rgamma * s                                       # R{g}
+            rt = rdy2 - rdbeta[..., None, :] * inv_m              # R{t}
+            rt -= xhat * (rdgamma[..., None, :] * inv_m)
+            if rcache is not None:
+                rg += gamma * rs
+                rt -= rxhat * mean_dy_xhat
+            t *= rg
+            rt *= gamma * s
+            t += rt
+            rdx = t.reshape(x_shape)                              # R{dx} = R{g} t + g R{t}
+        return rdx, {"gamma": rdgamma, "beta": rdbeta}
