@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMANDS = ("gradcheck",)
+COMMANDS = ("gradcheck", "data")
 
 
 def build_parser():
