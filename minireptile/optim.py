@@ -27,6 +27,9 @@ class SGD:
     def reset(self):
         pass
 
+    def copy(self):
+        return SGD(self.lr)
+
 
 class Adam:
     """Adam (Kingma & Ba 2015) in TensorFlow's form, as the paper's code uses it.
@@ -48,6 +51,13 @@ class Adam:
         self.m = self.v = None
         self.t = 0
 
+    def copy(self):
+        """An independent Adam with the same settings and state (arrays are never mutated
+        in place, so sharing them is safe)."""
+        other = Adam(self.lr, self.beta1, self.beta2, self.eps)
+        other.m, other.v, other.t = self.m, self.v, self.t
+        return other
+
     def step(self, theta, g):
         xp = get_xp(theta, g)
         if self.v is None:
@@ -55,8 +65,34 @@ class Adam:
         self.t += 1
         self.m = self.beta1 * self.m + (1 - self.beta1) * g if self.beta1 else g
         self.v = self.beta2 * self.v + (1 - self.beta2) * (g * g)
-        lr_t = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        lr_t = float(self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t))
         return theta - lr_t * self.m / (xp.sqrt(self.v) + self.eps)
+
+    def merge_tasks(self, start):
+        """Merge the states of n tasks that took k steps each from one shared state `start`.
+
+        The paper's code feeds the n tasks of a meta-batch through one Adam one after another,
+        so the step counter advances by n k and every moment s (m with beta1, v with beta2)
+        ends as  s_seq = beta^(nk) s_0 + sum_i beta^((n-i)k) D_i,  where task i alone gives
+        s_i = beta^k s_0 + D_i.  Run as one batched pass, each task starts from a copy of s_0;
+        the merge replaces every D_i by their mean, which is exact when the tasks' squared
+        gradients are alike and unbiased when they are exchangeable:
+
+            s <- beta^(nk) s_0 + (1 - beta^(nk)) / (1 - beta^k) * mean_i(s_i - beta^k s_0)
+            t <- t_0 + n k
+
+        start: (t_0, m_0, v_0) saved before the inner loop (m_0, v_0 None before any step);
+        self.m, self.v: (n, P) after the batched inner loop.
+        """
+        t0, m0, v0 = start
+        k, n = self.t - t0, self.v.shape[0]
+        merged = []
+        for s, s0, beta in ((self.m, m0, self.beta1), (self.v, v0, self.beta2)):
+            s0 = 0 * s[0] if s0 is None else s0
+            scale = n if beta == 1 else (1 - beta ** (n * k)) / (1 - beta ** k)
+            merged.append(beta ** (n * k) * s0 + scale * (s - beta ** k * s0).mean(axis=0))
+        self.m, self.v = merged
+        self.t = t0 + n * k
 
     def state_dict(self):
         """{'t', 'm', 'v'} as host arrays (m and v empty before the first step)."""

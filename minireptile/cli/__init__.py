@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMANDS = ("gradcheck", "data")
+COMMANDS = ("gradcheck", "data", "train")
 
 
 def build_parser():
