@@ -240,12 +240,14 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
             at_start = rng.bit_generator.state, optimizer.copy()   # restored on Ctrl-C
             epsilon = linear_schedule(cfg.meta_step, cfg.meta_step_final, it, cfg.meta_iters)
             x, y = sample_meta_batch(ds, rng, cfg)
-            new_theta, loss = meta_iteration(model, theta, optimizer, x, y, epsilon, cfg)
+            with np.errstate(over="ignore", invalid="ignore"):    # checked just below
+                new_theta, loss = meta_iteration(model, theta, optimizer, x, y, epsilon, cfg)
             loss = float(loss)
             if not math.isfinite(loss) or not bool(get_xp(new_theta).isfinite(new_theta).all()):
-                raise UserError(f"training diverged at iteration {it + 1} (loss {loss}); "
-                                + (f"last good checkpoint kept in {checkpoint_dir}"
-                                   if checkpoint_dir else "nothing saved"))
+                kept = (f"last good checkpoint kept in {checkpoint_dir}"
+                        if checkpoint.exists(checkpoint_dir) else "no checkpoint written")
+                raise UserError(f"training diverged at iteration {it + 1} (loss {loss}, "
+                                f"parameters not finite); {kept}")
             theta = new_theta
             if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.meta_iters:
                 record = {"iteration": it + 1, "loss": loss}
