@@ -10,6 +10,15 @@ import numpy as np
 from .backend import get_xp
 
 
+def _sum_rows(a):
+    """sum over axis -2: (..., M, C) -> (..., 1, C).
+
+    A product with a row of ones runs in BLAS: several times faster than
+    ``a.sum(axis=-2)``, whose inner loop is only C long.
+    """
+    return get_xp(a).ones((1, a.shape[-2]), a.dtype) @ a
+
+
 class BatchNorm:
     """y = gamma xhat + beta, xhat = (x - mean(x)) / sqrt(var(x) + eps), per channel.
 
@@ -58,8 +67,9 @@ class BatchNorm:
 
     def forward(self, p, x):
         x2 = self._rows(p, x)                                     # (..., M, C)
-        xc = x2 - x2.mean(axis=-2, keepdims=True)
-        s = 1 / get_xp(x).sqrt((xc * xc).mean(axis=-2, keepdims=True) + self.eps)  # (..., 1, C)
+        inv_m = 1 / x2.shape[-2]
+        xc = x2 - _sum_rows(x2) * inv_m
+        s = 1 / get_xp(x).sqrt(_sum_rows(xc * xc) * inv_m + self.eps)   # (..., 1, C)
         xhat = xc
         xhat *= s
         y = xhat * p["gamma"][..., None, :]
@@ -69,16 +79,16 @@ class BatchNorm:
     def backward(self, p, cache, dy, need_dx=True):
         xhat, s, x_shape = cache
         dy2 = dy.reshape(xhat.shape)                              # (..., M, C)
-        dbeta, dgamma = dy2.sum(axis=-2), (dy2 * xhat).sum(axis=-2)
+        dbeta, dgamma = _sum_rows(dy2), _sum_rows(dy2 * xhat)     # (..., 1, C)
         dx = None
-        if need_dx:                                               # dx = g t
-            g = p["gamma"][..., None, :] * s                      # (..., 1, C)
+        if need_dx:                                               # dx = g t, g = gamma s
+            g = p["gamma"][..., None, :] * s
             gm = g * (1 / xhat.shape[-2])
             dx = dy2 * g
-            dx -= xhat * (gm * dgamma[..., None, :])
-            dx -= gm * dbeta[..., None, :]
+            dx -= xhat * (gm * dgamma)
+            dx -= gm * dbeta
             dx = dx.reshape(x_shape)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+        return dx, {"gamma": dgamma[..., 0, :], "beta": dbeta[..., 0, :]}
 
     def rforward(self, p, rp, cache, rx):
         xhat, s, x_shape = cache
@@ -87,8 +97,9 @@ class BatchNorm:
         rcache = None
         if rx is not None:                                        #      + gamma R{xhat}
             rx2 = rx.reshape(xhat.shape)
-            m_r = (rx2 * xhat).mean(axis=-2, keepdims=True)       # mean(xhat rx)   (..., 1, C)
-            rxhat = rx2 - rx2.mean(axis=-2, keepdims=True)
+            inv_m = 1 / xhat.shape[-2]
+            m_r = _sum_rows(rx2 * xhat) * inv_m                   # mean(xhat rx)   (..., 1, C)
+            rxhat = rx2 - _sum_rows(rx2) * inv_m
             rxhat -= xhat * m_r
             rxhat *= s
             ry += rxhat * p["gamma"][..., None, :]
@@ -99,21 +110,20 @@ class BatchNorm:
         xhat, s, x_shape = cache
         dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M, C)
         inv_m = 1 / xhat.shape[-2]
-        rdbeta = rdy2.sum(axis=-2)
-        rdgamma = (rdy2 * xhat).sum(axis=-2)                      # R{dgamma} = sum(rdy xhat
+        rdbeta = _sum_rows(rdy2)                                  # (..., 1, C)
+        rdgamma = _sum_rows(rdy2 * xhat)                          # R{dgamma} = sum(rdy xhat
         if rcache is not None:                                    #            + dy R{xhat})
             rxhat, rs = rcache
-            rdgamma += (dy2 * rxhat).sum(axis=-2)
+            rdgamma += _sum_rows(dy2 * rxhat)
         rdx = None
         if need_dx:
             gamma, rgamma = p["gamma"][..., None, :], rp["gamma"][..., None, :]
-            mean_dy = dy2.mean(axis=-2, keepdims=True)
-            mean_dy_xhat = (dy2 * xhat).mean(axis=-2, keepdims=True)
+            mean_dy, mean_dy_xhat = _sum_rows(dy2) * inv_m, _sum_rows(dy2 * xhat) * inv_m
             t = dy2 - mean_dy
             t -= xhat * mean_dy_xhat
             rg = rgamma * s                                       # R{g}
-            rt = rdy2 - rdbeta[..., None, :] * inv_m              # R{t}
-            rt -= xhat * (rdgamma[..., None, :] * inv_m)
+            rt = rdy2 - rdbeta * inv_m                            # R{t}
+            rt -= xhat * (rdgamma * inv_m)
             if rcache is not None:
                 rg += gamma * rs
                 rt -= rxhat * mean_dy_xhat
@@ -121,4 +131,4 @@ class BatchNorm:
             rt *= gamma * s
             t += rt
             rdx = t.reshape(x_shape)                              # R{dx} = R{g} t + g R{t}
-        return rdx, {"gamma": rdgamma, "beta": rdbeta}
+        return rdx, {"gamma": rdgamma[..., 0, :], "beta": rdbeta[..., 0, :]}

@@ -13,7 +13,7 @@ Convolution is im2col + one batched matrix product per pass:
     dw = cols(x)^T dy                 dx = col2im(dy w^T)
     ry = cols(x) rw + cols(rx) w + rb
     rdw = cols(x)^T rdy + cols(rx)^T dy
-    rdx = col2im(rdy w^T + dy rw^T)
+    rdx = col2im(rdy w^T + dy rw^T) = col2im([rdy, dy] [w, rw]^T)
 
 col2im adds the 9 kernel offsets back as strided slices (no scatter with repeated
 indices), so the same lines run on NumPy and CuPy.
@@ -156,9 +156,10 @@ class Conv2d:
         if rcols is not None:
             rdw += swap(rcols) @ dy2
         rdx = None
-        if need_dx:                                               # R{col2im(dy w^T)}
-            rdcols = rdy2 @ swap(self._matrix(p["w"]))
-            rdcols += dy2 @ swap(self._matrix(rp["w"]))
+        if need_dx:                  # R{col2im(dy w^T)} = col2im([rdy, dy] [w, rw]^T), one GEMM
+            xp = get_xp(dy)
+            rdcols = xp.concatenate([rdy2, dy2], axis=-1) @ swap(
+                xp.concatenate([self._matrix(p["w"]), self._matrix(rp["w"])], axis=-1))
             rdx = self._col2im(rdcols, x_shape)
         return rdx, {"w": rdw.reshape(p["w"].shape), "b": rdy2.sum(axis=-2)}
 
