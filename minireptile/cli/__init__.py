@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 
-COMMANDS = ("gradcheck", "data", "train")
+COMMANDS = ("gradcheck", "data", "train", "sine")
 
 
 def build_parser():

@@ -1,0 +1,1 @@
+"""Task distributions: each module samples meta-batches of tasks with a leading task axis."""

@@ -1,0 +1,89 @@
+"""The sine-wave regression tasks of section 4 (Figure 1), and their meta-training loop.
+
+    task tau = (a, b):  f(x) = a sin(x + b),   a ~ U[0.1, 5.0],   b ~ U[0, 2 pi]
+    the learner sees p = 10 points x_1..x_p ~ U[-5, 5] and their values f(x_j)
+    loss, Eq. (8): integral over [-5, 5] of (f_theta(x) - f(x))^2, computed on 50 equally
+    spaced points (as their mean: the MSE of ``losses.py``)
+
+Random numbers come from the run's host generator (``backend.make_rng``), so both
+backends see the same tasks; arrays go to the device in the selected dtype.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import dtype, to_device
+from ..meta import linear_schedule, meta_gradient, outer_step, tile
+from ..optim import SGD
+
+AMPLITUDE = (0.1, 5.0)
+PHASE = (0.0, 2 * np.pi)
+X_RANGE = (-5.0, 5.0)
+POINTS = 10            # p, the points the learner sees
+GRID = 50              # points of the loss's grid
+EVAL_STEPS = (0, 1, 2, 4, 8, 16, 32)
+
+
+class SineTasks(NamedTuple):
+    """n sine tasks: parameters on the host, data on the device."""
+    amplitude: np.ndarray    # (n,)
+    phase: np.ndarray        # (n,)
+    train: tuple             # (x, y), each (n, p, 1): the points the learner sees
+    test: tuple              # (x, y), each (n, 50, 1): the grid of the loss, Eq. (8)
+
+
+def sine(amplitude, phase, x):
+    """f(x) = a sin(x + b) for n tasks: a, b (n,), x (n, B, 1) -> (n, B, 1)."""
+    return amplitude[:, None, None] * np.sin(x + phase[:, None, None])
+
+
+def grid(n, size=GRID):
+    """The loss's equally spaced points of [-5, 5], for n tasks: (n, size, 1)."""
+    return np.broadcast_to(np.linspace(*X_RANGE, size)[:, None], (n, size, 1))
+
+
+def sample(rng, n, points=POINTS):
+    """n tasks from the section 4 distribution, drawn with the host generator rng."""
+    a, b = rng.uniform(*AMPLITUDE, size=n), rng.uniform(*PHASE, size=n)
+    x = rng.uniform(*X_RANGE, size=(n, points, 1))
+
+    def pair(x):
+        return to_device(x, dtype()), to_device(sine(a, b, x), dtype())
+    return SineTasks(a, b, pair(x), pair(grid(n)))
+
+
+def adaptation_losses(model, theta, tasks, alpha, steps=EVAL_STEPS):
+    """Mean loss (Eq. 8) over the tasks after s test-time SGD steps on their p points.
+
+    theta: (P,); alpha: the SGD step size. Returns ({s: mean loss} for s in steps, phi)
+    with phi (n, P) the weights after max(steps) steps.
+    """
+    phi, losses = tile(theta, len(tasks.amplitude)), {}
+    for s in range(max(steps) + 1):
+        if s in steps:
+            losses[s] = float(model.loss(phi, *tasks.test).mean())
+        if s < max(steps):
+            phi = phi - alpha * model.grad(phi, *tasks.train)
+    return losses, phi
+
+
+def meta_train(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_step,
+               meta_step_final, meta_batch, outer=None, shared_tail=False, callback=None):
+    """Meta-train theta (P,) on sine tasks: meta_iters outer steps of meta_batch tasks.
+
+    Each task's k = inner_iters inner SGD steps use its p points (full batch); FOMAML and
+    MAML then take the gradient of the grid loss (separate tail; shared_tail: the p points
+    again). epsilon is annealed linearly from meta_step to meta_step_final; outer: None
+    (theta - epsilon g, Eq. 5 for Reptile) or an optimizer such as Adam.
+    callback(iteration, theta) runs after every outer step. Returns theta.
+    """
+    optimizer = SGD(inner_lr)
+    for i in range(meta_iters):
+        tasks = sample(rng, meta_batch)
+        tail = tasks.train if shared_tail else tasks.test
+        g = meta_gradient(algo, model, theta, [tasks.train] * inner_iters, tail, optimizer)
+        epsilon = linear_schedule(meta_step, meta_step_final, i, meta_iters)
+        theta = outer_step(theta, g, epsilon, outer)
+        if callback is not None:
+            callback(i + 1, theta)
+    return theta
