@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .backend import get_xp
-from .batchnorm import BatchNorm
+from .batchnorm import BatchNorm, sum_rows
 from .layers import glorot_uniform, swap
 
 __all__ = ["BatchNorm", "Conv2d", "Flatten", "MaxPool2d", "conv_geometry"]
@@ -136,7 +136,7 @@ class Conv2d:
         dy2 = dy.reshape(cols.shape[:-1] + (self.c_out,))         # (..., N, F)
         dw = (swap(cols) @ dy2).reshape(p["w"].shape)
         dx = self._col2im(dy2 @ swap(self._matrix(p["w"])), x_shape) if need_dx else None
-        return dx, {"w": dw, "b": dy2.sum(axis=-2)}
+        return dx, {"w": dw, "b": sum_rows(dy2)[..., 0, :]}
 
     def rforward(self, p, rp, cache, rx):
         cols, x_shape = cache
@@ -161,7 +161,7 @@ class Conv2d:
             rdcols = xp.concatenate([rdy2, dy2], axis=-1) @ swap(
                 xp.concatenate([self._matrix(p["w"]), self._matrix(rp["w"])], axis=-1))
             rdx = self._col2im(rdcols, x_shape)
-        return rdx, {"w": rdw.reshape(p["w"].shape), "b": rdy2.sum(axis=-2)}
+        return rdx, {"w": rdw.reshape(p["w"].shape), "b": sum_rows(rdy2)[..., 0, :]}
 
 
 class MaxPool2d:
