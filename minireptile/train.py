@@ -176,12 +176,13 @@ class Progress:
         self.total, self.start_iter, self.stream, self.every = total, start, stream, every
         self.t0 = self.last = time.time()
         self.tty = stream.isatty()
+        self.shown = None
 
     def update(self, iteration, loss, accuracy, force=False):
         now = time.time()
-        if not (self.tty or force or now - self.last >= self.every):
+        if iteration == self.shown or not (self.tty or force or now - self.last >= self.every):
             return
-        self.last = now
+        self.last, self.shown = now, iteration
         done = iteration - self.start_iter
         rate = done / max(now - self.t0, 1e-9)
         left = (self.total - iteration) / rate if rate > 0 else float("nan")
