@@ -11,10 +11,10 @@ For each layer, loss and whole model, in float64, with central differences (h = 
     batched             T tasks in one call == T separate calls
 
 Relative error is max|a - b| / max(max|a|, max|b|, tiny), taken per output array; a check
-passes below 1e-6. Inputs stay off kinks, where the function has no derivative and differences would disagree
-with any formula: layer inputs |x| > 0.1 for ReLU and a shuffled arange (no ties) for
-pooling; a model's (theta, x) is re-drawn until its ReLU inputs and its pooling windows'
-top-two gaps exceed 1e-4.
+passes below 1e-6. Inputs stay off kinks, where the function has no derivative and
+differences would disagree with any formula: layer inputs |x| > 0.1 for ReLU and a
+shuffled arange (no ties) for pooling; a model's (theta, x) is re-drawn until its ReLU
+inputs and its pooling windows' top-two gaps exceed 1e-4.
 
 ``cases(family)`` lists the checks of 'mlp', 'omniglot' or 'miniimagenet' as ``Case``
 objects; ``run_checks`` runs them and returns ``Row``s; ``format_table`` prints them.
@@ -27,7 +27,7 @@ import numpy as np
 
 from .backend import get_xp, to_host
 from .errors import UserError
-from .layers import ReLU, Linear, Tanh
+from .layers import Linear, ReLU, Tanh
 from .losses import MSE, SoftmaxCrossEntropy
 from . import models
 
