@@ -40,13 +40,13 @@ def inner_loop(model, theta, batches, optimizer, keep_grads=False):
     optimizer: ``SGD`` (phi_i = phi_{i-1} - alpha g_i, Eq. 10) or ``Adam``.
     Returns phi, or (phi, [g_1, ..., g_k]) with keep_grads.
     """
-    grads = []
+    phi, grads = theta, []
     for x, y in batches:
-        g = model.grad(theta, x, y)
-        theta = optimizer.step(theta, g)
+        g = model.grad(phi, x, y)
+        phi = optimizer.step(phi, g)
         if keep_grads:
             grads.append(g)
-    return (theta, grads) if keep_grads else theta
+    return (phi, grads) if keep_grads else phi
 
 
 def reptile_update(theta, phis, epsilon):
@@ -101,15 +101,15 @@ def maml_gradient(model, theta, inner_batches, test_batch, alpha, first_order=Fa
     theta: (P,) or (n, P); inner_batches: k pairs (x, y); test_batch: (x, y).
     Returns g_MAML with theta's shape.
     """
-    phis = []
+    phis, phi = [], theta
     for x, y in inner_batches:
-        phis.append(theta)
-        theta = theta - alpha * model.grad(theta, x, y)
-    v = model.grad(theta, *test_batch)
+        phis.append(phi)                                        # phi_{i-1}
+        phi = phi - alpha * model.grad(phi, x, y)               # phi_i
+    v = model.grad(phi, *test_batch)                            # L_test'(phi_k)
     if first_order:
         return v
     for phi, (x, y) in zip(reversed(phis), reversed(inner_batches)):
-        v = v - alpha * model.hvp(phi, x, y, v)
+        v = v - alpha * model.hvp(phi, x, y, v)                 # (I - alpha H_i) v
     return v
 
 
@@ -134,13 +134,15 @@ def meta_gradient(algo, model, theta, batches, test_batch, optimizer):
     theta: (P,); batches: k pairs (x, y) of shape (n, B, ...); test_batch: (x, y) with
     the same n (unused by Reptile); optimizer: the inner one (``SGD`` for exact MAML).
     FOMAML's tail is test_batch: a disjoint batch (separate tail) or one of ``batches``
-    again (shared tail).
+    again (shared tail). A stateful inner optimizer (Adam) keeps its (n, P) state across
+    calls; merging or resetting it is the caller's choice (``Adam.merge_tasks``).
     """
     thetas = tile(theta, len(batches[0][0]) if batches else len(test_batch[0]))
     if algo == "reptile":
         return theta - inner_loop(model, thetas, batches, optimizer).mean(axis=0)
     if algo == "fomaml":
-        return fomaml_gradient(model, thetas, list(batches) + [test_batch], optimizer).mean(0)
+        g = fomaml_gradient(model, thetas, list(batches) + [test_batch], optimizer)
+        return g.mean(axis=0)
     if algo == "maml":
         if not isinstance(optimizer, SGD):
             raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")

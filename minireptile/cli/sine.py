@@ -33,8 +33,8 @@ def register(sub):
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--algo", choices=ALGOS, default="reptile", help="default reptile")
     p.add_argument("--meta-iters", type=int, default=20000, help="outer steps (default 20000)")
-    p.add_argument("--inner-iters", type=int, default=10,
-                   help="k, inner SGD steps per task (default 10)")
+    p.add_argument("--inner-iters", type=int, default=5,
+                   help="k, inner SGD steps per task (default 5)")
     p.add_argument("--inner-lr", "--learning-rate", dest="inner_lr", type=float, default=0.02,
                    help="alpha, inner and test-time SGD step size (default 0.02)")
     p.add_argument("--meta-step", type=float, default=None,
@@ -82,19 +82,9 @@ def run(args):
     rng = backend.make_rng(args.seed)
     model = mlp((1, 64, 64, 1), args.activation)
     theta0 = backend.to_device(model.init(rng), backend.dtype())
-    steps = eval_steps(args.eval_iters)
-    valid = sine.sample(backend.make_rng((args.seed, 2)), 25)
-    progress = Progress(args.meta_iters, lambda theta: validate(model, theta, valid, args))
-    start = time.perf_counter()
-    theta = sine.meta_train(
-        model, theta0, rng, args.algo, args.meta_iters, args.inner_iters, args.inner_lr,
-        args.meta_step, args.meta_step_final, args.meta_batch,
-        outer=Adam(args.meta_step, beta1=0.9) if args.outer == "adam" else None,
-        shared_tail=args.shared_tail, callback=progress)
-    backend.synchronize()
-    seconds = time.perf_counter() - start
-    progress.close()
+    theta, seconds = train(model, theta0, rng, args)
     held_out = sine.sample(backend.make_rng((args.seed, 1)), args.eval_tasks)
+    steps = eval_steps(args.eval_iters)
     results = {name: sine.adaptation_losses(model, th, held_out, args.inner_lr, steps)
                for name, th in ((args.algo, theta), ("random", theta0))}
     print(table(results, steps, args.eval_tasks))
@@ -104,8 +94,23 @@ def run(args):
     path = os.path.join(args.out, f"sine-{args.algo}.json")
     write_atomic(path, lambda f: f.write(report(args, results, seconds).encode()))
     print(f"wrote {path}")
-    save_figures(model, args, held_out, {name: (th, results[name][1]) for name, th in
-                                         ((args.algo, theta), ("random", theta0))})
+    save_figures(model, args, held_out, {args.algo: (theta, results[args.algo][1]),
+                                         "random": (theta0, results["random"][1])})
+
+
+def train(model, theta, rng, args):
+    """Meta-train with progress shown; returns (theta, seconds)."""
+    valid = sine.sample(backend.make_rng((args.seed, 2)), 25)
+    progress = Progress(args.meta_iters, lambda theta: validate(model, theta, valid, args))
+    start = time.perf_counter()
+    theta = sine.meta_train(
+        model, theta, rng, args.algo, args.meta_iters, args.inner_iters, args.inner_lr,
+        args.meta_step, args.meta_step_final, args.meta_batch,
+        outer=Adam(args.meta_step, beta1=0.9) if args.outer == "adam" else None,
+        shared_tail=args.shared_tail, callback=progress)
+    backend.synchronize()
+    progress.close()
+    return theta, time.perf_counter() - start
 
 
 def eval_steps(n):
@@ -125,15 +130,15 @@ def validate(model, theta, tasks, args):
 
 class Progress:
     """Iteration, rate, time left and a validation loss: one line redrawn on a tty, else
-    a plain line every 5% of the run. ``loss(theta)`` is evaluated at most 20 times."""
+    a plain line every 5% of the run. ``loss(theta)`` is evaluated 21 times (at 1, 5%, ...)."""
 
-    def __init__(self, total, loss, stream=sys.stderr):
-        self.total, self.loss, self.stream = total, loss, stream
-        self.tty, self.every = stream.isatty(), max(1, total // 20)
-        self.start, self.drawn, self.last = time.perf_counter(), 0.0, float("nan")
+    def __init__(self, total, loss, stream=None):
+        self.total, self.loss, self.stream = total, loss, stream or sys.stderr
+        self.tty, self.every = self.stream.isatty(), max(1, total // 20)
+        self.start, self.drawn = time.perf_counter(), 0.0
 
     def __call__(self, i, theta):
-        now, due = time.perf_counter(), i % self.every == 0 or i == self.total
+        now, due = time.perf_counter(), i % self.every == 0 or i in (1, self.total)
         if due:
             self.last = self.loss(theta)
         if due or (self.tty and now - self.drawn > 0.2):
@@ -158,13 +163,19 @@ def table(results, steps, n):
 
 
 def report(args, results, seconds):
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     return json.dumps({
-        "command": "minireptile " + " ".join(sys.argv[1:]), "config": config,
-        "train_seconds": round(seconds, 2),
+        "command": command_line(config), "config": config, "train_seconds": round(seconds, 2),
         "losses": {name: {str(s): v for s, v in losses.items()}
                    for name, (losses, _) in results.items()},
     }, indent=2) + "\n"
+
+
+def command_line(config):
+    """The command that reproduces a run, every resolved default spelled out."""
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in config.items() if v is not None and v is not False]
+    return "minireptile sine " + " ".join(flags)
 
 
 def write_atomic(path, write):
@@ -195,7 +206,7 @@ def save_figures(model, args, tasks, inits):
         for w, label in ((theta[None], "Before"), (phi[:1], f"After {args.eval_iters}")):
             ax.plot(x[0, :, 0], backend.to_host(model.predict(w, xd))[0, :, 0], label=label)
         ax.plot(px, py, "o", color="C3", label="Sampled")
-        ax.set_title(f"{name} init")
+        ax.set_title("random init" if name == "random" else f"after {name} meta-training")
         ax.legend(loc="lower right")
         path = os.path.join(args.out, f"sine-{name}.png")
         write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
