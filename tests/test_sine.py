@@ -7,6 +7,7 @@ import pytest
 from minireptile import backend
 from minireptile.cli import main
 from minireptile.models import mlp
+from minireptile.optim import Adam
 from minireptile.tasks import sine
 
 
@@ -34,7 +35,6 @@ def test_sample_follows_section_4():
 def test_meta_training_beats_random_init(algo, meta_step, outer):
     """After a short seeded run the 32-step loss on held-out tasks is far below a random
     init's (the paper's Figure 1 in numbers)."""
-    from minireptile.optim import Adam
     rng, model = backend.make_rng(0), mlp((1, 32, 32, 1), "tanh")
     theta0 = model.init(rng)
     theta = sine.meta_train(model, theta0, rng, algo, meta_iters=300, inner_iters=5,

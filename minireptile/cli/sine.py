@@ -2,7 +2,7 @@
 
 Section 4 / Figure 1 of the paper: after meta-training with Reptile, FOMAML or exact
 MAML, the initialisation is fine-tuned with 32 SGD steps on the p = 10 points of each
-of >= 100 held-out tasks, next to the random initialisation meta-training started from.
+of 100 held-out tasks, next to the random initialisation meta-training started from.
 Writes ``sine-<algo>.json`` (the table), and with matplotlib ``sine-<algo>.png`` and
 ``sine-random.png`` (Figure 1's panels), each through a temporary name.
 """
