@@ -9,8 +9,10 @@ with status 130.
 """
 import argparse
 import importlib
+import os
 import sys
 
+from .. import backend
 from ..errors import UserError
 
 COMMANDS = ("gradcheck", "data", "train", "sine")
@@ -35,6 +37,10 @@ def add_device_flags(parser, dtype=True):
                              "default $MINIREPTILE_DEVICE or cpu")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the run's random generator (default 0)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="BLAS threads on the CPU (default $MINIREPTILE_THREADS or 1: the "
+                             "models' small matrix products gain little from more, and lose "
+                             "badly when other processes share the cores)")
     if dtype:
         parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                             help="floating-point precision (default float32)")
@@ -43,6 +49,8 @@ def add_device_flags(parser, dtype=True):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "threads"):
+        backend.set_threads(args.threads or int(os.environ.get("MINIREPTILE_THREADS", "1")))
     try:
         return args.func(args) or 0
     except UserError as exc:
