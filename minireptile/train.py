@@ -45,20 +45,21 @@ class TrainConfig:
     inner_batch: int = 10
     inner_iters: int = 5
     replacement: bool = False
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     meta_step: float = 1.0
     meta_step_final: float = 0.0
     meta_batch: int = 5
-    meta_iters: int = 1500
+    meta_iters: int = 2000
     eval_batch: int = 5
     eval_iters: int = 50
-    eval_samples: int = 500
-    eval_interval: int = 250
+    eval_samples: int = 200
+    eval_interval: int = 500
     weight_decay: float = 1.0   # multiply theta by this before every inner step (1 = off)
     transductive: bool = False
     algo: str = "reptile"       # reptile | fomaml | maml
     foml_tail: int = 0          # FOMAML's separate tail: shots per class (0 = shared tail)
     sgd: bool = False
+    augment: bool = True        # rotations of the training classes (Omniglot)
     sequential: bool = False
     seed: int = 0
     checkpoint_interval: int = 100
@@ -132,7 +133,9 @@ def sample_meta_batch(ds, rng, cfg):
     """
     shots = cfg.train_shots or cfg.shots
     n, k = cfg.meta_batch, cfg.inner_iters
-    x, y, xt, yt = sample_tasks(ds, "train", rng, n, cfg.classes, shots, num_query=cfg.foml_tail)
+    x, y, xt, yt = sample_tasks(ds, "train", rng, n, cfg.classes, shots,
+                                num_query=cfg.foml_tail,
+                                augment=None if cfg.augment else False)
     idx = inner_batches(x.shape[1], rng, cfg.inner_batch, k - (cfg.foml_tail > 0),
                         cfg.replacement, num_tasks=n)
     xs, ys = gather(x, y, idx)
@@ -282,7 +285,7 @@ def _identity(config):
     keep = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "sgd", "sequential", "seed", "model",
-            "dataset")
+            "dataset", "augment")
     return {k: config.get(k) for k in keep}
 
 

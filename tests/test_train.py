@@ -199,3 +199,68 @@ def test_eval_command_reports_accuracy_with_interval(tmp_path, capsys):
     import json
     r = json.loads(out_json.read_text())
     assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["ci95"] >= 0
+
+
+# The eight commands of the paper's README (supervised-reptile), after the script name.
+PAPER_COMMANDS = {
+    "o15": "--shots 1 --inner-batch 10 --inner-iters 5 --meta-step 1 --meta-batch 5 "
+           "--meta-iters 100000 --eval-batch 5 --eval-iters 50 --learning-rate 0.001 "
+           "--meta-step-final 0 --train-shots 10 --checkpoint ckpt_o15",
+    "o15t": "--shots 1 --inner-batch 10 --inner-iters 5 --meta-step 1 --meta-batch 5 "
+            "--meta-iters 100000 --eval-batch 5 --eval-iters 50 --learning-rate 0.001 "
+            "--meta-step-final 0 --train-shots 10 --checkpoint ckpt_o15t --transductive",
+    "o55": "--train-shots 10 --inner-batch 10 --inner-iters 5 --learning-rate 0.001 "
+           "--meta-step 1 --meta-step-final 0 --meta-batch 5 --meta-iters 100000 "
+           "--eval-batch 5 --eval-iters 50 --checkpoint ckpt_o55",
+    "o120": "--shots 1 --classes 20 --inner-batch 20 --inner-iters 10 --meta-step 1 "
+            "--meta-batch 5 --meta-iters 200000 --eval-batch 10 --eval-iters 50 "
+            "--learning-rate 0.0005 --meta-step-final 0 --train-shots 10 --checkpoint ckpt_o120",
+    "o520": "--classes 20 --inner-batch 20 --inner-iters 10 --meta-step 1 --meta-batch 5 "
+            "--meta-iters 200000 --eval-batch 10 --eval-iters 50 --learning-rate 0.0005 "
+            "--meta-step-final 0 --train-shots 10 --checkpoint ckpt_o520",
+    "m15": "--shots 1 --inner-batch 10 --inner-iters 8 --meta-step 1 --meta-batch 5 "
+           "--meta-iters 100000 --eval-batch 5 --eval-iters 50 --learning-rate 0.001 "
+           "--meta-step-final 0 --train-shots 15 --checkpoint ckpt_m15",
+    "m55": "--inner-batch 10 --inner-iters 8 --meta-step 1 --meta-batch 5 --meta-iters 100000 "
+           "--eval-batch 15 --eval-iters 50 --learning-rate 0.001 --meta-step-final 0 "
+           "--train-shots 15 --checkpoint ckpt_m55",
+    "m55t": "--inner-batch 10 --inner-iters 8 --meta-step 1 --meta-batch 5 "
+            "--meta-iters 100000 --eval-batch 15 --eval-iters 50 --learning-rate 0.001 "
+            "--meta-step-final 0 --train-shots 15 --checkpoint ckpt_m55t --transductive",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COMMANDS))
+def test_paper_commands_parse_to_the_papers_settings(name):
+    """Flags keep the paper's meanings; flags a command leaves out take args.py's defaults
+    (so the 5-shot commands, which omit --shots, are 5-shot)."""
+    from minireptile.cli import build_parser
+    from minireptile.cli.train import _config
+    dataset = "omniglot" if name[0] == "o" else "miniimagenet"
+    args = build_parser().parse_args(["train", dataset, *PAPER_COMMANDS[name].split()])
+    cfg, paper = _config(args)
+    cfg.validate()
+    assert paper and cfg.algo == "reptile" and not cfg.sgd and cfg.meta_step == 1
+    assert cfg.shots == (1 if "1" == name[1] else 5)
+    assert cfg.classes == (20 if name[2:4] == "20" else 5)
+    assert cfg.transductive == name.endswith("t")
+    assert cfg.eval_samples == 10000 and cfg.meta_step_final == 0
+    assert args.checkpoint == "ckpt_" + name
+
+
+def test_paper_command_runs_on_miniimagenet_layout(tmp_path, capsys):
+    """A paper Mini-ImageNet command, shortened, runs end to end on a packed fixture."""
+    pytest.importorskip("PIL")
+    from test_data import make_miniimagenet
+
+    from minireptile.data import pack_miniimagenet
+    pack_miniimagenet(make_miniimagenet(tmp_path / "mini"), tmp_path / "m.h5")
+    args = ("--shots 1 --inner-batch 2 --inner-iters 2 --meta-step 1 --meta-batch 2 "
+            "--meta-iters 2 --eval-batch 2 --eval-iters 2 --learning-rate 0.001 "
+            "--meta-step-final 0 --train-shots 2 --eval-samples 2 --classes 2").split()
+    code, out, err = _cli(["train", "miniimagenet", "--data", str(tmp_path / "m.h5"), *args,
+                           "--checkpoint", str(tmp_path / "ck")], capsys)
+    assert code == 0, err
+    assert "2-way 1-shot" in out and "| test |" in out
+    theta = checkpoint.load(tmp_path / "ck")[0]
+    assert theta.shape == (28896 + 1153 * 2,)

@@ -62,6 +62,12 @@ def register(sub):
     p.add_argument("--sequential", action="store_true", default=None,
                    help="run the meta-batch's tasks one after another through one Adam state, "
                         "exactly as the paper's code (default: one batched pass)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no rotated copies of the training classes (Omniglot has them)")
+    p.add_argument("--defaults", choices=("auto", "quick", "paper"), default="auto",
+                   help="values of the flags not given: quick (the embedded quick run), "
+                        "paper (supervised-reptile's args.py), or auto (default): paper as "
+                        "soon as any of the paper's flags is given, quick otherwise")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="checkpoint folder: resumed if it holds one, written every "
                         "--checkpoint-interval iterations and on Ctrl-C")
@@ -105,6 +111,7 @@ def _config(args):
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     paper = any(name in given for name, _, _ in PAPER_FLAGS) or "replacement" in given
+    paper = paper if args.defaults == "auto" else args.defaults == "paper"
     base = dict(PAPER_DEFAULTS) if paper else {}
     if args.foml:
         given["algo"] = "fomaml"
