@@ -49,7 +49,7 @@ class TrainConfig:
     meta_step: float = 1.0
     meta_step_final: float = 0.0
     meta_batch: int = 5
-    meta_iters: int = 2000
+    meta_iters: int = 3000
     eval_batch: int = 5
     eval_iters: int = 50
     eval_samples: int = 200
