@@ -126,8 +126,8 @@ def meta_iteration(w, algo, batched=True):
                  getattr(optimizer, "v", None))
         batches = first_order_batches if algo == "fomaml" else reptile_batches
         g = meta_gradient(algo, w.model, w.theta, batches, w.test, optimizer)
-        if hasattr(optimizer, "merge_tasks"):
-            optimizer.merge_tasks(start)
+        if hasattr(optimizer, "merge_tasks") and optimizer.t > start[0]:
+            optimizer.merge_tasks(start)      # Adam: the n tasks' states back into one
         return outer_step(w.theta, g, eps)
 
     def task(t, pairs):

@@ -36,8 +36,8 @@ sys.path.insert(0, ROOT)
 
 # -- settings ----------------------------------------------------------------------------
 CASES = ("meta_step", "inner_steps", "hvp", "efficiency", "torch")
-BUDGET_S = {"full": 8.0, "quick": 1.0}        # timed seconds per measurement (after warm-up)
-MIN_REPEATS = {"full": 5, "quick": 2}
+BUDGET_S = {"full": 5.0, "quick": 1.0}        # timed seconds per measurement (after warm-up)
+MIN_REPEATS = {"full": 3, "quick": 2}
 MAX_REPEATS = 50
 INNER_KS = {"full": (1, 2, 4, 8, 16, 32), "quick": (1, 8)}
 INNER_MODELS = {"full": ("sine", "omniglot"), "quick": ("sine",)}
@@ -59,11 +59,14 @@ TARGETS = {   # (ratio name, comparison, bound): the speeds issue 7 asks for (CP
 
 
 def _set_threads(argv):
-    """BLAS thread count must be fixed before numpy is imported: read --threads early."""
-    if "--threads" in argv:
-        n = argv[argv.index("--threads") + 1]
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = n
+    """Fix the BLAS thread count before numpy is imported: --threads N, else
+    $MINIREPTILE_THREADS, else 1 (the package's default: OpenBLAS's threads spin on the
+    small products of these models, and on a busy 2-core machine every product then waits
+    for a descheduled thread)."""
+    n = argv[argv.index("--threads") + 1] if "--threads" in argv else \
+        os.environ.get("MINIREPTILE_THREADS", "1")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = n
 
 
 _set_threads(sys.argv)
@@ -77,10 +80,7 @@ from minireptile.meta import tile  # noqa: E402
 
 # -- machine -----------------------------------------------------------------------------
 def blas_threads():
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var):
-            return int(os.environ[var])
-    return os.cpu_count()
+    return int(os.environ["OPENBLAS_NUM_THREADS"])
 
 
 def cpu_model():
@@ -248,7 +248,6 @@ def case_hvp(rep, mode):
 
 
 def gemm_fn(n):
-    xp = backend.xp()
     a = backend.to_device(np.random.default_rng(0).random((n, n), dtype=np.float32))
     b = backend.to_device(np.random.default_rng(1).random((n, n), dtype=np.float32))
     return lambda: a @ b
@@ -350,6 +349,22 @@ def case_torch(rep, mode):
         rep.note("torch: Mini-ImageNet skipped in --quick (about a minute per PyTorch round)")
 
 
+def peak_rss():
+    """Peak resident memory of this process in bytes.
+
+    VmHWM of /proc/self/status where there is one: getrusage's ru_maxrss is carried over
+    exec on Linux, so a child started by a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child_inner_steps(cfg, mode):
     """Run in a fresh process: one configuration's time and peak memory, as one JSON line."""
     w = cases.workload(cfg["model"], k=cfg["k"])
@@ -361,9 +376,9 @@ def child_inner_steps(cfg, mode):
         ts = measure({"x": fn}, mode)["x"]
         peak = pool.total_bytes()          # the pool keeps what it took: its high-water mark
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = peak_rss()
         ts = measure({"x": fn}, mode)["x"]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss()
     print(json.dumps({"times": ts, "peak_mb": peak / 2 ** 20, "base_mb": base / 2 ** 20}))
 
 
@@ -377,8 +392,9 @@ def case_inner_steps(rep, mode, args):
                 cfg = {"model": name, "algo": algo, "k": k}
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg),
                        "--device", args.device] + (["--quick"] if args.quick else [])
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
+                cmd += ["--threads", str(blas_threads())]
+                if args.budget:
+                    cmd += ["--budget", str(args.budget)]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if out.returncode != 0:
                     rep.note(f"inner_steps {cfg} failed: {out.stderr.strip().splitlines()[-1]}")
@@ -407,11 +423,15 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="one case or several, comma-separated: "
                     + ", ".join(CASES))
     ap.add_argument("--threads", type=int, default=0,
-                    help="BLAS and PyTorch threads (default: the libraries' own, all cores)")
+                    help="BLAS and PyTorch threads (default: $MINIREPTILE_THREADS or 1)")
+    ap.add_argument("--budget", type=float, default=0,
+                    help="timed seconds per measurement (default: 5, or 1 with --quick)")
     ap.add_argument("--out", default="", help="results file (default bench/results/...)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
+    if args.budget:
+        BUDGET_S[mode] = args.budget
     try:
         backend.set_backend(args.device, DTYPE)
     except backend.BackendError as exc:
@@ -437,25 +457,32 @@ def main(argv=None):
                "hvp": lambda: case_hvp(rep, mode),
                "efficiency": lambda: case_efficiency(rep, mode),
                "torch": lambda: case_torch(rep, mode)}
-    for name in CASES:
-        if name in only:
-            print(f"[{name}]", flush=True)
-            runners[name]()
-    elapsed = time.time() - start
-    table = rep.markdown()
-    print()
-    print(table)
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = args.out or os.path.join(ROOT, "bench", "results", f"{short}-{args.device}"
-                                    + ("-quick" if args.quick else "") + ".json")
-    write_json(path, {"command": command.strip(), "mode": mode, "machine": info,
-                      "load_average": os.getloadavg(), "elapsed_s": elapsed,
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": {
-                          "budget_s": BUDGET_S[mode], "min_repeats": MIN_REPEATS[mode],
-                          "gemm_n": GEMM_N[args.device], "dtype": DTYPE},
-                      "rows": rep.rows, "ratios": rep.ratios, "notes": rep.notes,
-                      "table": table})
-    print(f"\nwrote {os.path.relpath(path)} ({elapsed:.0f} s)")
+    suffix = (f"-t{threads}" if args.device == "cpu" else "") + ("-quick" if args.quick else "")
+    path = args.out or os.path.join(ROOT, "bench", "results",
+                                    f"{short}-{args.device}{suffix}.json")
+
+    def save(done):                # after every case, so a run cut short keeps its rows
+        write_json(path, {"command": command.strip(), "mode": mode, "complete": done,
+                          "machine": info, "load_average": os.getloadavg(),
+                          "elapsed_s": time.time() - start,
+                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": {
+                              "budget_s": BUDGET_S[mode], "min_repeats": MIN_REPEATS[mode],
+                              "gemm_n": GEMM_N[args.device], "dtype": DTYPE},
+                          "rows": rep.rows, "ratios": rep.ratios, "notes": rep.notes,
+                          "table": rep.markdown()})
+
+    for name in only:
+        print(f"[{name}]", flush=True)
+        try:
+            runners[name]()
+        except Exception as exc:       # one broken case must not lose the others' results
+            rep.note(f"{name} failed: {type(exc).__name__}: {exc}")
+        save(False)
+    save(True)
+    print()
+    print(rep.markdown())
+    print(f"\nwrote {os.path.relpath(path)} ({time.time() - start:.0f} s)")
     return 0
 
 
