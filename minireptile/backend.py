@@ -34,7 +34,7 @@ def _keep_freed_memory():
 
 
 _keep_freed_memory()
-_state = {"device": None, "dtype": np.float32}
+_state = {"device": None, "dtype": np.float32, "workers": 1}
 
 
 class BackendError(UserError):
@@ -74,12 +74,22 @@ def set_backend(device=None, dtype="float32"):
 
 
 def set_threads(n):
+    """Run the CPU's work on n threads: n workers over the task axis, one BLAS thread each.
+
+    The few-shot models' matrix products are small, and OpenBLAS's own threads spin while
+    they wait: with another process on the cores, two BLAS threads made a meta-iteration 13
+    times slower than one. So BLAS gets one thread, and ``map_tasks`` spreads the T tasks of
+    a batched call over n Python threads instead (NumPy releases the GIL in its loops).
+    """
+    _state["workers"] = max(1, int(n))
+    set_blas_threads(1)
+
+
+def set_blas_threads(n):
     """Use n threads in the BLAS that NumPy loaded (OpenBLAS); returns whether it could.
 
-    The few-shot models' matrix products are small: one thread per process is as fast on an
-    idle 2-core machine and many times faster on a busy one, where OpenBLAS's threads spin
-    against other processes. NumPy's OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads,
-    so this calls its setter, found among the process's mapped libraries (Linux).
+    NumPy's OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads, so this calls its
+    setter, found among the process's mapped libraries (Linux).
     """
     import ctypes
     try:
@@ -95,6 +105,54 @@ def set_threads(n):
                 getattr(lib, name)(int(n))
                 return True
     return False
+
+
+CHUNK_VALUES = 1 << 16     # input values per chunk of tasks: keeps a chunk's activations in cache
+
+
+def map_tasks(fn, theta, *arrays):
+    """fn(theta, *arrays) computed chunk by chunk along the leading task axis.
+
+    On the CPU, with theta of shape (T, ..., P), the T tasks are cut into chunks of at most
+    CHUNK_VALUES input values (at least one task; and one chunk per worker at least, unless
+    the whole call is too small to be worth a thread) and the chunks run on the worker
+    threads of ``set_threads``; the results (an array or a tuple of
+    arrays with the task axis first) are concatenated. Tasks are independent, so this gives
+    the same numbers as one call. On the GPU, or for one task, it is one call.
+    """
+    workers = _state.get("workers", 1)
+    if theta.ndim < 2 or theta.shape[0] < 2 or get_xp(theta) is not np:
+        return fn(theta, *arrays)
+    t = theta.shape[0]
+    values = t * max(1, arrays[0][0].size) if arrays else t
+    chunks = min(t, -(-values // CHUNK_VALUES))
+    if values >= CHUNK_VALUES // 16:                 # worth a thread: not the sine MLP's
+        chunks = max(chunks, min(workers, t))
+    if chunks < 2:
+        return fn(theta, *arrays)
+    bounds = np.linspace(0, t, min(chunks, t) + 1).astype(int)
+    parts = _pool(workers).map(
+        lambda ab: fn(theta[ab[0]:ab[1]], *(a[ab[0]:ab[1]] for a in arrays)),
+        zip(bounds[:-1], bounds[1:]))
+    parts = list(parts)
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column, axis=0) for column in zip(*parts))
+    return np.concatenate(parts, axis=0)
+
+
+def _pool(workers):
+    """A thread pool of `workers` threads, made once (1 worker runs chunks in order)."""
+    if workers == 1:
+        return _Serial
+    pool = _state.get("pool")
+    if pool is None or pool._max_workers != workers:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="minireptile")
+    return pool
+
+
+class _Serial:
+    map = staticmethod(map)
 
 
 def device():

@@ -14,7 +14,7 @@ inputs ``(T, B, ...)``: T independent tasks run in one batched pass, and every r
 """
 import numpy as np
 
-from .backend import get_xp
+from .backend import get_xp, map_tasks
 from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d
 from .errors import UserError
 from .layers import Linear, ReLU, Tanh
@@ -102,16 +102,26 @@ class Sequential:
     def predict(self, theta, x):
         """The model's output (logits or regression values), shape (..., B, *output_shape)."""
         self._check(theta, x)
+        return map_tasks(self._predict, theta, x)
+
+    def _predict(self, theta, x):
         return self._forward(self.views(theta), x)[0]
 
     def loss(self, theta, x, y):
         """The loss, one value per task: shape theta.shape[:-1]."""
         self._check(theta, x, y)
-        return self.loss_fn.forward(self._forward(self.views(theta), x)[0], y)[0]
+        return map_tasks(self._loss, theta, x, y)
+
+    def _loss(self, theta, x, y):
+        return self.loss_fn.forward(self._predict(theta, x), y)[0]
 
     def loss_and_grad(self, theta, x, y):
         """(L, dL/dtheta): shapes theta.shape[:-1] and theta.shape."""
-        lead = self._check(theta, x, y)
+        self._check(theta, x, y)
+        return map_tasks(self._loss_and_grad, theta, x, y)
+
+    def _loss_and_grad(self, theta, x, y):
+        lead = theta.shape[:-1]
         p = self.views(theta)
         z, caches = self._forward(p, x)
         loss, lcache = self.loss_fn.forward(z, y)
@@ -131,7 +141,11 @@ class Sequential:
             R{dz} = (d^2L/dz^2) R{z}      (loss.rbackward)
             H v = R{dL/dtheta}            (R-backward, beside the ordinary backward)
         """
-        lead = self._check(theta, x, y, v)
+        self._check(theta, x, y, v)
+        return map_tasks(self._loss_grad_hvp, theta, x, y, v)
+
+    def _loss_grad_hvp(self, theta, x, y, v):
+        lead = theta.shape[:-1]
         p, rp = self.views(theta), self.views(v)
         z, caches = self._forward(p, x)
         rz, rcaches = None, []

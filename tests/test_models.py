@@ -187,3 +187,25 @@ def test_shape_errors_are_one_line_user_errors(sine):
         model.loss(theta[:5], x, y)
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
     assert str(info.value).startswith(model.name)
+
+
+def test_worker_threads_give_the_same_numbers(rng):
+    """backend.map_tasks: chunks of tasks on 2 worker threads == one batched call, bit for bit
+    (tasks are independent), for gradients and Hessian-vector products of a CNN."""
+    from minireptile import backend
+    from minireptile.models import omniglot_cnn
+    model = omniglot_cnn(3, input_shape=(9, 9, 1), filters=4)
+    theta = np.stack([model.init(rng) for _ in range(5)])
+    x, y = rng.normal(size=(5, 300, 9, 9, 1)), rng.integers(0, 3, (5, 300))
+    v = rng.normal(size=theta.shape)
+    old = backend._state["workers"]
+    try:
+        backend.set_threads(1)
+        one = model.loss_grad_hvp(theta, x, y, v)
+        backend.set_threads(2)
+        two = model.loss_grad_hvp(theta, x, y, v)
+    finally:
+        backend.set_threads(old)
+    assert backend.map_tasks(lambda t, x: t.sum(axis=-1), theta, x).shape == (5,)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

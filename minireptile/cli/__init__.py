@@ -38,19 +38,24 @@ def add_device_flags(parser, dtype=True):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the run's random generator (default 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="BLAS threads on the CPU (default $MINIREPTILE_THREADS or 1: the "
-                             "models' small matrix products gain little from more, and lose "
-                             "badly when other processes share the cores)")
+                        help="CPU threads: N workers over the tasks of a batched pass, one "
+                             "BLAS thread each (default $MINIREPTILE_THREADS or the number "
+                             "of CPUs)")
     if dtype:
         parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                             help="floating-point precision (default float32)")
+
+
+def _cpus():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "threads"):
-        backend.set_threads(args.threads or int(os.environ.get("MINIREPTILE_THREADS", "1")))
+        backend.set_threads(args.threads or int(os.environ.get("MINIREPTILE_THREADS", "0"))
+                            or _cpus())
     try:
         return args.func(args) or 0
     except UserError as exc:
