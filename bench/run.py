@@ -248,9 +248,18 @@ def case_hvp(rep, mode):
 
 
 def gemm_fn(n):
+    """A large float32 GEMM on all --threads cores: the machine's practical limit (OpenBLAS's
+    own threads, which minireptile otherwise keeps at one per worker)."""
     a = backend.to_device(np.random.default_rng(0).random((n, n), dtype=np.float32))
     b = backend.to_device(np.random.default_rng(1).random((n, n), dtype=np.float32))
-    return lambda: a @ b
+
+    def gemm():
+        backend.set_blas_threads(blas_threads())
+        try:
+            return a @ b
+        finally:
+            backend.set_blas_threads(1)
+    return gemm
 
 
 def case_efficiency(rep, mode):
@@ -423,7 +432,9 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="one case or several, comma-separated: "
                     + ", ".join(CASES))
     ap.add_argument("--threads", type=int, default=0,
-                    help="BLAS and PyTorch threads (default: $MINIREPTILE_THREADS or 1)")
+                    help="CPU cores used by each side: minireptile's task workers, the large "
+                         "GEMM's BLAS threads and PyTorch's threads (default: "
+                         "$MINIREPTILE_THREADS or 1)")
     ap.add_argument("--budget", type=float, default=0,
                     help="timed seconds per measurement (default: 5, or 1 with --quick)")
     ap.add_argument("--out", default="", help="results file (default bench/results/...)")
@@ -434,6 +445,7 @@ def main(argv=None):
         BUDGET_S[mode] = args.budget
     try:
         backend.set_backend(args.device, DTYPE)
+        backend.set_threads(blas_threads())     # N task workers, one BLAS thread each
     except backend.BackendError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
