@@ -131,10 +131,12 @@ def map_tasks(fn, theta, *arrays):
     if chunks < 2:
         return fn(theta, *arrays)
     bounds = np.linspace(0, t, min(chunks, t) + 1).astype(int)
-    parts = _pool(workers).map(
-        lambda ab: fn(theta[ab[0]:ab[1]], *(a[ab[0]:ab[1]] for a in arrays)),
-        zip(bounds[:-1], bounds[1:]))
-    parts = list(parts)
+    errors = np.geterr()                     # np.errstate is per thread: carry the caller's
+
+    def chunk(ab):
+        with np.errstate(**errors):
+            return fn(theta[ab[0]:ab[1]], *(a[ab[0]:ab[1]] for a in arrays))
+    parts = list(_pool(workers).map(chunk, zip(bounds[:-1], bounds[1:])))
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(column, axis=0) for column in zip(*parts))
     return np.concatenate(parts, axis=0)

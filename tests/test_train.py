@@ -18,6 +18,7 @@ from minireptile import checkpoint
 from minireptile.cli import main
 from minireptile.cli.train import load_data
 from minireptile.data import sample_tasks
+from minireptile.errors import UserError
 from minireptile.evaluate import evaluate, query_batches
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
@@ -182,11 +183,27 @@ def test_mismatched_checkpoint_is_refused(tmp_path, capsys):
     assert (folder / checkpoint.FILENAME).read_bytes() == before
 
 
-def test_divergence_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, capsys):
-    folder = tmp_path / "ck"
-    code, _, err = _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY, "--sgd",
-                         "--learning-rate", "1e30"], capsys)
-    assert code == 2 and "diverged at iteration" in err and len(err.strip().splitlines()) == 1
+def test_divergence_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, capsys,
+                                                                       monkeypatch, omniglot):
+    code, _, err = _cli(["train", "omniglot", "--checkpoint", str(tmp_path / "cli"), *TINY,
+                         "--sgd", "--learning-rate", "1e30"], capsys)
+    assert code == 2 and "diverged at iteration 1" in err and len(err.strip().splitlines()) == 1
+    # NaN at iteration 5, checkpoints every 2: the one of iteration 4 stays, finite
+    import minireptile.train as train_module
+    real, calls = train_module.meta_iteration, []
+
+    def nan_at_5(*args):
+        calls.append(1)
+        theta, loss = real(*args)
+        return (theta * np.nan, loss) if len(calls) == 5 else (theta, loss)
+    monkeypatch.setattr(train_module, "meta_iteration", nan_at_5)
+    cfg = TrainConfig(meta_iters=12, meta_batch=2, inner_iters=2, train_shots=2, inner_batch=5,
+                      eval_interval=100, checkpoint_interval=2)
+    with pytest.raises(UserError, match="diverged at iteration 5.*last good checkpoint kept"):
+        train(omniglot_cnn(5, filters=8), omniglot, cfg, checkpoint_dir=str(tmp_path / "ck"),
+              stream=open(os.devnull, "w"))
+    theta, _, _, it, _ = checkpoint.load(tmp_path / "ck")
+    assert it == 4 and np.isfinite(theta).all()
 
 
 def test_eval_command_reports_accuracy_with_interval(tmp_path, capsys):
