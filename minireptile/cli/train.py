@@ -40,7 +40,9 @@ def register(sub):
     from ..train import TrainConfig
     d = TrainConfig()
     p = sub.add_parser("train", help="meta-train a few-shot classifier and evaluate it",
-                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                       description="Meta-train the paper's few-shot CNN (section 6.1) with "
+                                   "Reptile, FOMAML or exact MAML, then evaluate it.\n\n"
+                                   + __doc__.split("\n\n")[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=("omniglot", "miniimagenet"), help="which CNN and data")
     p.add_argument("--data", metavar="FILE.h5", help="packed dataset (minireptile pack); "
