@@ -73,8 +73,8 @@ class Linear:
         return rdx, {"w": rdw, "b": rdy.sum(axis=-2)}
 
 
-class ReLU:
-    """y = max(x, 0); all four passes multiply by the forward mask 1[x > 0]."""
+class Elementwise:
+    """A layer without weights that keeps the shape of its input (an activation)."""
 
     params = ()
 
@@ -83,6 +83,10 @@ class ReLU:
 
     def init(self, rng):
         return {}
+
+
+class ReLU(Elementwise):
+    """y = max(x, 0); all four passes multiply by the forward mask 1[x > 0]."""
 
     def forward(self, p, x):
         mask = x > 0
@@ -98,16 +102,8 @@ class ReLU:
         return rdy * mask, {}
 
 
-class Tanh:
+class Tanh(Elementwise):
     """y = tanh(x); dx = dy (1 - y^2); R{dx} = rdy (1 - y^2) - 2 dy y R{y}."""
-
-    params = ()
-
-    def output_shape(self, in_shape):
-        return tuple(in_shape)
-
-    def init(self, rng):
-        return {}
 
     def forward(self, p, x):
         y = get_xp(x).tanh(x)
