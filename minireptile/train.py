@@ -238,10 +238,10 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
                             iteration, config)
 
     progress, accuracy, it = Progress(cfg.meta_iters, start, stream), None, start
-    at_start = rng.bit_generator.state, optimizer.copy()
+    at_start = rng.bit_generator.state, optimizer.copy(), theta
     try:
         for it in range(start, cfg.meta_iters):
-            at_start = rng.bit_generator.state, optimizer.copy()   # restored on Ctrl-C
+            at_start = rng.bit_generator.state, optimizer.copy(), theta   # for Ctrl-C
             epsilon = linear_schedule(cfg.meta_step, cfg.meta_step_final, it, cfg.meta_iters)
             x, y = sample_meta_batch(ds, rng, cfg)
             with np.errstate(over="ignore", invalid="ignore"):    # checked just below
@@ -269,7 +269,7 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
             progress.update(it + 1, loss, accuracy)
         it = cfg.meta_iters
     except KeyboardInterrupt:
-        rng.bit_generator.state, optimizer = at_start
+        rng.bit_generator.state, optimizer, theta = at_start     # back to a whole iteration
         save(it)
         progress.close()
         raise

@@ -281,3 +281,32 @@ def test_paper_command_runs_on_miniimagenet_layout(tmp_path, capsys):
     assert "2-way 1-shot" in out and "| test |" in out
     theta = checkpoint.load(tmp_path / "ck")[0]
     assert theta.shape == (28896 + 1153 * 2,)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """SIGINT mid-run: exit 130 with a checkpoint at a whole iteration; the resumed run ends
+    with the parameters of an uninterrupted one."""
+    full = _run(tmp_path / "full")
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    stopped = _run(tmp_path / "stopped")
+    ckpt = tmp_path / "stopped" / checkpoint.FILENAME
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGINT)
+    assert stopped.wait(timeout=300) == 130 and "interrupted" in stopped.stdout.read()
+    assert checkpoint.load(tmp_path / "stopped")[3] < 12
+    assert _run(tmp_path / "stopped").wait(timeout=300) == 0
+    a, b = (checkpoint.load(tmp_path / d)[0] for d in ("full", "stopped"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_plot_draws_the_learning_curve(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "ck"
+    assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
+    code, out, _ = _cli(["plot", str(folder)], capsys)
+    png = folder / "learning_curve.png"
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = _cli(["plot", str(tmp_path)], capsys)
+    assert code == 2 and "no log.jsonl" in err
