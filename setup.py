@@ -15,7 +15,7 @@ setup(
         "cuda": ["cupy-cuda12x"],
         "data": ["Pillow>=9"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "Pillow>=9"],
+        "test": ["pytest>=7", "Pillow>=9", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["minireptile=minireptile.cli:main"]},
 )

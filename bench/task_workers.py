@@ -1,0 +1,44 @@
+"""How the CPU task workers share a batched Omniglot gradient (minimum ms of 40 calls).
+
+    python bench/task_workers.py
+
+n = 5 tasks of 10 images split over 2 workers as 3 + 2, so the batched gradient takes about
+as long as the 3-task chunk; this prints the times that show it.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from minireptile import backend  # noqa: E402
+from minireptile.models import omniglot_cnn  # noqa: E402
+
+
+def best_ms(f, repeats=40):
+    f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return 1e3 * min(times)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    model = omniglot_cnn(5)
+    theta = np.stack([model.init(rng) for _ in range(5)]).astype(np.float32)   # (5, P)
+    x = rng.random((5, 10, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 5, (5, 10))
+    print("| workers | tasks | gradient ms |\n| --- | --- | --- |")
+    for workers, tasks in ((1, 5), (1, 3), (1, 2), (2, 5), (2, 4)):
+        backend.set_threads(workers)
+        ms = best_ms(lambda: model.loss_and_grad(theta[:tasks], x[:tasks], y[:tasks]))
+        print(f"| {workers} | {tasks} | {ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
