@@ -127,23 +127,28 @@ def _run(ckpt, extra=()):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_stopped_run_resumes_to_the_uninterrupted_parameters(tmp_path, sig):
+    """SIGKILL (after the first periodic checkpoint) or Ctrl-C (which saves one at a whole
+    iteration and exits 130): running the command again ends with exactly the parameters
+    and log of an uninterrupted run."""
     full = _run(tmp_path / "full")
     assert full.wait(timeout=300) == 0, full.stdout.read()
-    killed = _run(tmp_path / "killed")
-    ckpt = tmp_path / "killed" / checkpoint.FILENAME
+    stopped = _run(tmp_path / "stopped")
+    ckpt = tmp_path / "stopped" / checkpoint.FILENAME
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline:
         time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    it = checkpoint.load(tmp_path / "killed")[3]
-    assert it < 12, "the run finished before it could be killed"
-    resumed = _run(tmp_path / "killed")
+    stopped.send_signal(sig)
+    code = stopped.wait(timeout=300)
+    if sig == signal.SIGINT:
+        assert code == 130 and "interrupted" in stopped.stdout.read()
+    assert checkpoint.load(tmp_path / "stopped")[3] < 12, "the run ended before the signal"
+    resumed = _run(tmp_path / "stopped")
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
-    a, b = (checkpoint.load(tmp_path / d)[0] for d in ("full", "killed"))
+    a, b = (checkpoint.load(tmp_path / d)[0] for d in ("full", "stopped"))
     np.testing.assert_array_equal(a, b)
-    logs = [checkpoint.read_log(tmp_path / d) for d in ("full", "killed")]
+    logs = [checkpoint.read_log(tmp_path / d) for d in ("full", "stopped")]
     assert logs[0] == logs[1]
 
 
@@ -281,24 +286,6 @@ def test_paper_command_runs_on_miniimagenet_layout(tmp_path, capsys):
     assert "2-way 1-shot" in out and "| test |" in out
     theta = checkpoint.load(tmp_path / "ck")[0]
     assert theta.shape == (28896 + 1153 * 2,)
-
-
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
-    """SIGINT mid-run: exit 130 with a checkpoint at a whole iteration; the resumed run ends
-    with the parameters of an uninterrupted one."""
-    full = _run(tmp_path / "full")
-    assert full.wait(timeout=300) == 0, full.stdout.read()
-    stopped = _run(tmp_path / "stopped")
-    ckpt = tmp_path / "stopped" / checkpoint.FILENAME
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    stopped.send_signal(signal.SIGINT)
-    assert stopped.wait(timeout=300) == 130 and "interrupted" in stopped.stdout.read()
-    assert checkpoint.load(tmp_path / "stopped")[3] < 12
-    assert _run(tmp_path / "stopped").wait(timeout=300) == 0
-    a, b = (checkpoint.load(tmp_path / d)[0] for d in ("full", "stopped"))
-    np.testing.assert_array_equal(a, b)
 
 
 def test_plot_draws_the_learning_curve(tmp_path, capsys):
