@@ -3,7 +3,6 @@
 The real Omniglot data ships inside the package (minireptile/assets/omniglot.h5), so these
 tests always run on real data.
 """
-import dataclasses
 import os
 import signal
 import subprocess
