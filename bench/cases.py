@@ -10,9 +10,12 @@ Settings are the paper's (section 4 and supervised-reptile's commands for sectio
                   Adam (beta1 = 0) 0.001, epsilon 1
 
 Exact MAML needs an SGD inner loop (its meta-gradient differentiates through SGD steps),
-so on the CNNs it runs with SGD alpha = MAML_ALPHA and the same k and shapes. FOMAML's
-k gradients include its tail: k - 1 inner steps, then the gradient of a disjoint tail
-batch (separate tail), so all three algorithms see k mini-batches per task.
+so on the CNNs it runs with SGD alpha = MAML_ALPHA and the same k and shapes. Every
+classification algorithm sees k mini-batches per task, as ``minireptile train`` runs them:
+Reptile k inner steps; FOMAML k - 1 inner steps and a disjoint tail batch (separate tail);
+exact MAML k - 1 inner steps and the test batch. Sine runs as ``minireptile sine`` does:
+k inner steps, then the 50-point grid as FOMAML's tail and MAML's test batch. A
+meta-iteration is ``meta.meta_update``, the call the training loops make.
 
 Data are random arrays of the right shapes and dtypes (images in [0, 1), integer labels,
 sine points from the section 4 distribution): speed does not depend on the values, and
@@ -24,8 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minireptile.backend import dtype, make_rng, to_device
-from minireptile.meta import fomaml_gradient, inner_loop, maml_gradient, meta_gradient, \
-    outer_step
+from minireptile.meta import meta_update, outer_step, task_update
 from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
 from minireptile.optim import SGD, Adam
 
@@ -111,40 +113,24 @@ def inner_optimizer(setting, algo):
 def meta_iteration(w, algo, batched=True):
     """A function running one meta-iteration of algo on workload w; returns the new theta.
 
-    batched: the n tasks as one pass over a leading task axis (``meta.meta_gradient``);
-    otherwise a Python loop over the tasks, each with theta (P,) and inputs (B, ...).
-    Every call starts from the same theta (so repeated timings see the same numbers);
-    Adam's state carries on across calls, as it does during training.
+    batched: ``meta.meta_update`` on the n tasks as one pass over a leading task axis (what
+    ``minireptile train`` runs); otherwise a Python loop of ``meta.task_update`` over the
+    tasks, each with theta (P,) and inputs (B, ...). Every call starts from the same theta
+    (so repeated timings see the same numbers); Adam's state carries on across calls, as it
+    does during training.
     """
     optimizer = inner_optimizer(w.setting, algo)
     eps, n = w.setting.epsilon, w.setting.meta_batch
-    reptile_batches = w.batches
-    first_order_batches = w.batches[:-1]           # FOMAML: k - 1 steps + the tail
+    inner = w.batches if not w.setting.classes else w.batches[:-1]
+    batches = w.batches if algo == "reptile" else inner + [w.test]
 
     def batched_step():
-        start = (getattr(optimizer, "t", 0), getattr(optimizer, "m", None),
-                 getattr(optimizer, "v", None))
-        batches = first_order_batches if algo == "fomaml" else reptile_batches
-        g = meta_gradient(algo, w.model, w.theta, batches, w.test, optimizer)
-        if hasattr(optimizer, "merge_tasks") and optimizer.t > start[0]:
-            optimizer.merge_tasks(start)      # Adam: the n tasks' states back into one
-        return outer_step(w.theta, g, eps)
-
-    def task(t, pairs):
-        return [(x[t], y[t]) for x, y in pairs]
+        return meta_update(algo, w.model, w.theta, batches, optimizer, eps)[0]
 
     def loop_step():
-        g = 0
-        for t in range(n):
-            test = (w.test[0][t], w.test[1][t])
-            if algo == "reptile":
-                g = g + (w.theta - inner_loop(w.model, w.theta, task(t, w.batches), optimizer))
-            elif algo == "fomaml":
-                g = g + fomaml_gradient(w.model, w.theta,
-                                        task(t, first_order_batches) + [test], optimizer)
-            else:
-                g = g + maml_gradient(w.model, w.theta, task(t, w.batches), test, optimizer.lr)
-        return outer_step(w.theta, g / n, eps)
+        delta = sum(task_update(algo, w.model, w.theta, [(x[t], y[t]) for x, y in batches],
+                                optimizer)[0] for t in range(n))
+        return outer_step(w.theta, delta / n, eps)
 
     return batched_step if batched else loop_step
 

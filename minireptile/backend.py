@@ -201,6 +201,19 @@ def synchronize():
         cupy.cuda.Stream.null.synchronize()
 
 
+def available_memory():
+    """Bytes the selected device can still allocate: the GPU's free memory, or the host's
+    MemAvailable (Linux; unbounded where it cannot be read)."""
+    if device() == "cuda":
+        return _cupy().cuda.runtime.memGetInfo()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return float("inf")
+
+
 def make_rng(seed):
     """The run's one host random generator; both backends see the same numbers."""
     return np.random.default_rng(seed)

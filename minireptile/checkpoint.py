@@ -6,9 +6,13 @@ evaluation). ``save`` writes a temporary file and renames it, so an interrupted 
 leaves a half-written checkpoint; ``load`` checks everything and raises ``UserError`` with
 one line naming the file for anything wrong (a corrupt file, another model, another format).
 """
+import contextlib
+import itertools
 import json
 import os
-import tempfile
+import re
+import socket
+import sys
 import zipfile
 
 import numpy as np
@@ -19,23 +23,97 @@ FORMAT = "minireptile-checkpoint"
 FORMAT_VERSION = 1
 FILENAME = "checkpoint.npz"
 LOGNAME = "log.jsonl"
+_HOST = socket.gethostname()
+_COUNTER = itertools.count()
 
 
 def atomic_write(path, write):
     """Call write(file_object) on a temporary file beside path, then rename it to path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a new temporary file's path beside `path`; when the block ends, rename it to `path`.
+
+    The file is flushed to disk before the rename, so `path` always holds either its old
+    content or the whole new one, and it gets a new file's permissions (the umask). An
+    exception, Ctrl-C or SIGTERM (the CLI raises it as KeyboardInterrupt) removes it. It is
+    named ``.NAME.HOST-PID-N.tmp``, so that the next write to `path` removes those left by a
+    killed process (SIGKILL, a crash) of this host: the ones whose PID no longer runs.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    _remove_stale(folder, name)
+    for n in _COUNTER:                                   # unique in this process
+        tmp = os.path.join(folder, f".{name}.{_HOST}-{os.getpid()}-{n}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:                          # left by a dead process of our PID
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with interrupts_kept():                          # a swallowed Ctrl-C: no rename
+            yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """Raise, when the block ends, a Ctrl-C (or the CLI's SIGTERM) that Python swallowed in it.
+
+    Python runs a signal's handler at the next line of Python code, which may be a ``__del__``
+    or a weakref callback (h5py runs many while it writes); a KeyboardInterrupt raised there
+    is printed as "Exception ignored" and lost, and the work would go on as if never stopped.
+    Here it is kept and raised at the end of the block instead.
+    """
+    kept, hook = [], sys.unraisablehook
+
+    def keep(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            kept.append(unraisable.exc_value)
+        else:
+            hook(unraisable)
+
+    sys.unraisablehook = keep
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+    if kept:
+        raise kept[0]
+
+
+def _remove_stale(folder, name):
+    """Remove the temporary files of folder/name whose process (of this host) is gone."""
+    pattern = re.compile(re.escape(f".{name}.{_HOST}-") + r"(\d{1,9})-\d+\.tmp")
+    for entry in os.listdir(folder):
+        match = pattern.fullmatch(entry)
+        if match and not _alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):  # another writer removed it first
+                os.unlink(os.path.join(folder, entry))
+
+
+def _alive(pid):
+    """Whether process pid runs on this host (when in doubt, and off POSIX, say it does)."""
+    if os.name != "posix":                               # os.kill(pid, 0) would end it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                              # another user's process
+        pass
+    return True
 
 
 def save(folder, theta, optimizer_state, rng, iteration, config):

@@ -3,70 +3,97 @@
 Per task: N classes, K + 1 images each; the K shots are the training set, the extra image
 of every class the test set. Starting from theta and from a *copy* of the inner Adam state
 (the paper's code backs up and restores both around each task), take ``eval_iters`` inner
-steps of ``eval_batch`` samples, then classify the N test samples:
+steps of ``eval_batch`` samples (``meta.adapt``, the training loop's inner loop), then
+classify the N test samples:
 
 - non-transductive: each test sample is classified in a batch made of the N*K training
   samples plus that one sample (batch-norm statistics of N*K + 1 images);
 - transductive: all N test samples in one batch (batch-norm statistics shared among them).
 
-Tasks run as one batched pass over a leading task axis; each task has its own copy of the
-optimizer state, so the shared state is never touched (nothing to restore).
+Tasks run as one batched pass over a leading task axis, as many at a time as fit in
+``MEMORY_BUDGET``; each task has its own copy of the optimizer state, so the shared state
+is never touched (nothing to restore).
 """
 import numpy as np
 
 from .backend import dtype, get_xp, to_device, to_host
-from .data import inner_batches, sample_tasks
-from .train import adapt, gather
+from .data.batches import gather
+from .data.sampler import inner_batches, sample_tasks
+from .errors import UserError
+from .meta import adapt
+from .progress import Progress
+
+MEMORY_BUDGET = 1 << 30     # bytes of activations one evaluation pass may hold (1 GiB)
+BYTES_PER_VALUE = 16        # float32 activations, kept about 4 times (caches, gradients)
 
 
-def query_batches(x_train, x_test, transductive):
-    """The batches the test samples are classified in, and which output row is each's.
+def query_batch(x_train, x_test, j):
+    """Non-transductive: test sample j in a batch with the N*K training samples.
 
-    x_train (T, N*K, H, W, C), x_test (T, N, H, W, C).
-    Non-transductive: (T, N, N*K + 1, H, W, C), row -1 of batch j is test sample j.
-    Transductive: (T, N, H, W, C), row j is test sample j.
+    x_train (T, N*K, H, W, C), x_test (T, N, H, W, C) -> (T, N*K + 1, H, W, C), the test
+    sample last (batch-norm statistics of N*K + 1 images).
     """
-    if transductive:
-        return x_test
     xp = get_xp(x_train)
-    t, n = x_test.shape[:2]
-    train = xp.broadcast_to(x_train[:, None], (t, n) + x_train.shape[1:])
-    return xp.concatenate([train, x_test[:, :, None]], axis=2)
+    return xp.concatenate([x_train, x_test[:, j:j + 1]], axis=1)
+
+
+def test_scores(model, phi, x_train, x_test, transductive):
+    """Class scores (logits) of the N test samples, (T, N, classes), after adaptation to
+    phi (T, P): all in one batch (transductive), or each in its own ``query_batch``."""
+    if transductive:
+        return model.predict(phi, x_test)
+    xp = get_xp(phi)
+    return xp.stack([model.predict(phi, query_batch(x_train, x_test, j))[:, -1]
+                     for j in range(x_test.shape[1])], axis=1)
 
 
 def predict_test(model, phi, x_train, x_test, transductive):
     """Predicted classes of the test samples, (T, N), after adaptation to phi (T, P)."""
-    xq = query_batches(x_train, x_test, transductive)
-    if transductive:
-        return model.predict(phi, xq).argmax(axis=-1)
-    xp = get_xp(phi)
-    n = x_test.shape[1]
-    phis = xp.broadcast_to(phi[:, None], (phi.shape[0], n, phi.shape[1]))
-    return model.predict(phis, xq)[:, :, -1].argmax(axis=-1)
+    return test_scores(model, phi, x_train, x_test, transductive).argmax(axis=-1)
+
+
+def tasks_per_pass(model, images, budget=MEMORY_BUDGET):
+    """How many tasks one evaluation pass holds within budget bytes of activations.
+
+    images: a task's largest batch (a non-transductive query batch has N*K + 1 images).
+    Raises UserError naming the memory one task would need when even one does not fit.
+    """
+    need = images * model.activation_values() * BYTES_PER_VALUE
+    if need > budget:
+        raise UserError(f"a batch of {images} images needs {need / 2 ** 30:.1f} GiB of "
+                        f"activations (limit {budget / 2 ** 30:.1f} GiB); use fewer "
+                        f"--classes, --shots or a smaller --eval-batch")
+    return max(1, min(50, budget // need))
 
 
 def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, eval_batch,
              eval_iters, num_samples, transductive=False, replacement=False,
-             weight_decay=1.0, tasks_per_pass=50):
+             weight_decay=1.0, stream=None):
     """Accuracy on num_samples tasks of the given split: (mean, 95% half-width, per-task).
 
     theta: (P,); optimizer: the inner optimizer, whose state each task copies (unchanged on
-    return). The interval is 1.96 standard errors of the per-task accuracies.
+    return). The interval is 1.96 standard errors of the per-task accuracies. With a
+    stream, progress (tasks done, rate, time left) is shown on it.
     """
-    correct = []
-    for start in range(0, num_samples, tasks_per_pass):
-        t = min(tasks_per_pass, num_samples - start)
+    per_pass = tasks_per_pass(model, max(num_classes * num_shots + 1, eval_batch))
+    progress = stream and Progress(num_samples, stream=stream, label=f"eval {split:5}",
+                                   unit="tasks")
+    correct, xp = [], get_xp(theta)
+    for start in range(0, num_samples, per_pass):
+        t = min(per_pass, num_samples - start)
         x, y, xq, yq = sample_tasks(ds, split, rng, t, num_classes, num_shots, num_query=1)
         idx = inner_batches(x.shape[1], rng, eval_batch, eval_iters, replacement, num_tasks=t)
         xs, ys = gather(x, y, idx)
         xs, ys = to_device(xs, dtype()), to_device(ys)
-        xp = get_xp(theta)
         phi = adapt(model, xp.broadcast_to(theta, (t,) + theta.shape),
                     [(xs[:, j], ys[:, j]) for j in range(eval_iters)], optimizer.copy(),
-                    weight_decay=weight_decay)[0]
+                    weight_decay)
         pred = predict_test(model, phi, to_device(x, dtype()), to_device(xq, dtype()),
                             transductive)
         correct.append((to_host(pred) == yq).mean(axis=1))
+        if progress:
+            progress.update(start + t)
+    if progress:
+        progress.close()
     acc = np.concatenate(correct)
     return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc))), acc
-

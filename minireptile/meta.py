@@ -1,28 +1,45 @@
-"""The meta-learning algorithms: Reptile, first-order MAML and exact MAML.
+"""The meta-learning core: the inner loop, Reptile, FOMAML, exact MAML and the outer update.
 
-Every function works on any model with the ``Sequential`` API and runs a meta-batch of
-n tasks as one batched pass over a leading task axis: ``theta`` of shape ``(n, P)`` (one
-copy per task, see ``tile``) and mini-batches ``(x, y)`` of shape ``(n, B, ...)``.
+Every command runs these functions: few-shot training (batched and ``--sequential``),
+evaluation's fine-tuning, sine, the demo, the theory tools, ``gradcheck`` and ``bench``.
+A meta-batch of n tasks runs as one batched pass over a leading task axis: ``theta`` of
+shape ``(n, P)`` (one copy per task, ``tile``) and mini-batches ``(x, y)`` of shape
+``(n, B, ...)``.
 
-    phi = U^k(theta)            inner_loop          k steps of SGD or Adam (Algorithm 1)
-    Reptile                     reptile_update      theta + epsilon mean_i (phi_i - theta), Eq. (5)
-    FOMAML                      fomaml_gradient     g_k, the last inner gradient (section 2)
-    MAML                        maml_gradient       (I - alpha H_1)...(I - alpha H_k) g_test,
-                                                    Eqs. (17)-(21)
-    inner-gradient combinations combination_gradient  sum_i w_i g_i (section 6.2)
+    phi = U^k(theta)        inner_steps, adapt      k optimizer steps, one per mini-batch
+    Delta_i, one per task   task_update             what task i proposes, in parameter units:
+        reptile             phi_k - theta                                  Eq. (5), Alg. 1
+        fomaml              phi_k - phi_{k-1}, the last inner update       section 2
+        combination w       sum_j w_j (phi_j - phi_{j-1})                  section 6.2
+        maml                -alpha g_MAML                                  Eqs. (17)-(21)
+    theta <- theta + epsilon mean_i Delta_i        meta_update, outer_step
 
-Which batch is last decides FOMAML's tail (section 6.3): with ``batches`` drawn like the
-others (shared tail) or a disjoint final batch (separate tail, the MAML-like choice).
+One convention for epsilon, the paper's code's: the outer step adds epsilon times the mean
+update, and every update is a step in parameter space. With an SGD inner loop the inner
+updates are phi_j - phi_{j-1} = -alpha g_j, so FOMAML's Delta is -alpha g_k, a combination's
+is -alpha sum_j w_j g_j (Reptile is w = 1, ..., 1) and MAML's -alpha g_MAML is in the same
+units: ``--meta-step`` means the same for all of them. With Adam in the inner loop, FOMAML's
+Delta is Adam's last step, exactly what the paper's code takes (``phi_k - last_backup``).
+An outer optimizer (``Adam``) instead treats -mean_i Delta_i as a gradient (section 3).
 
-``meta_gradient`` puts them behind one interface whose result an outer optimizer
-consumes: ``outer_step(theta, g, epsilon)`` is plain SGD, ``theta - epsilon g``, which for
-Reptile's ``g = theta - mean_i phi_i`` is exactly Eq. (5); pass an ``Adam`` to use
-``g`` as a gradient for an adaptive outer step instead (section 3).
+The last mini-batch is FOMAML's tail and MAML's test batch (the paper counts the test loss
+as its k-th loss): drawn like the others (shared tail) or disjoint from them (separate tail,
+section 6.3); the caller decides by what it puts there.
 """
+from typing import NamedTuple
+
 from .backend import get_xp
 from .optim import SGD
 
-ALGOS = ("reptile", "fomaml", "maml")
+ALGOS = ("reptile", "fomaml", "maml")             # and "combination" (section 6.2)
+
+
+class Step(NamedTuple):
+    """One inner step: phi_prev -> phi on one mini-batch, with its loss and gradient."""
+    phi_prev: object       # phi_{i-1}, before the step (and before weight decay)
+    loss: object           # L_i(lambda phi_{i-1}), one value per task
+    g: object              # g_i = L_i'(lambda phi_{i-1})
+    phi: object            # phi_i
 
 
 def tile(theta, n):
@@ -31,34 +48,153 @@ def tile(theta, n):
     return xp.broadcast_to(theta, (n,) + theta.shape).copy()
 
 
-def inner_loop(model, theta, batches, optimizer, keep_grads=False):
-    """phi = U^k(theta): one optimizer step per mini-batch (Algorithm 1's inner loop).
+def inner_steps(model, theta, batches, optimizer, weight_decay=1.0):
+    """The inner loop, one ``Step`` per mini-batch (Algorithm 1's "k steps of SGD or Adam").
 
-        g_i = L_i'(phi_{i-1}),   phi_i = step(phi_{i-1}, g_i),   phi_0 = theta
+        phi_0 = theta,   g_i = L_i'(lambda phi_{i-1}),   phi_i = step(lambda phi_{i-1}, g_i)
 
-    theta: (P,) or (n, P); batches: k pairs (x, y) with the same task axes as theta;
-    optimizer: ``SGD`` (phi_i = phi_{i-1} - alpha g_i, Eq. 10) or ``Adam``.
-    Returns phi, or (phi, [g_1, ..., g_k]) with keep_grads.
+    lambda is the paper's ``--weight-decay`` factor (1 = off; its code multiplies the weights
+    by it before every inner step). optimizer: ``SGD`` (phi_i = phi_{i-1} - alpha g_i,
+    Eq. 10) or ``Adam``, whose state advances with every step.
+    theta: (P,) or (n, P); batches: k pairs (x, y) with the same task axes as theta.
     """
-    phi, grads = theta, []
+    phi = theta
     for x, y in batches:
-        g = model.grad(phi, x, y)
-        phi = optimizer.step(phi, g)
-        if keep_grads:
-            grads.append(g)
-    return (phi, grads) if keep_grads else phi
+        at = phi * weight_decay if weight_decay != 1 else phi
+        loss, g = model.loss_and_grad(at, x, y)
+        step = Step(phi, loss, g, optimizer.step(at, g))
+        yield step
+        phi = step.phi
 
 
-def reptile_update(theta, phis, epsilon):
-    """Batched Reptile outer update.
+def adapt(model, theta, batches, optimizer, weight_decay=1.0):
+    """phi = U^k(theta): the weights after the inner loop (training and evaluation alike)."""
+    phi = theta
+    for step in inner_steps(model, theta, batches, optimizer, weight_decay):
+        phi = step.phi
+    return phi
 
-        theta <- theta + epsilon * (1/n) * sum_i (phi_i - theta)
 
-    Paper: Eq. (5) (Algorithm 1 is the serial case n = 1).
+def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1.0):
+    """Exact MAML meta-gradient through k SGD steps, computed backwards.
 
-    theta: (P,) initialisation; phis: (n, P) weights after k inner steps on each task.
+        phi_i = lambda phi_{i-1} - alpha L_i'(lambda phi_{i-1}),   phi_0 = theta,  i = 1..k
+        g_MAML = d/dtheta L_test(phi_k)
+               = lambda^k (I - alpha H_1) (I - alpha H_2) ... (I - alpha H_k) L_test'(phi_k)
+        with H_i = L_i''(lambda phi_{i-1})            (lambda = weight decay, 1 = off)
+
+    Paper: Eqs. (17)-(21) (the paper counts the test loss as its k-th loss). The product
+    is applied right to left, v <- lambda (v - alpha H_i v), one exact Hessian-vector product
+    per step; only phi_0..phi_{k-1} are kept (memory O(k P), no activations across steps).
+
+    theta: (P,) or (n, P); inner_batches: k pairs (x, y); test_batch: (x, y).
+    Returns g_MAML with theta's shape.
     """
-    return theta + epsilon * (phis.mean(axis=0) - theta)
+    return _maml(model, theta, inner_batches, test_batch, alpha, weight_decay)[0]
+
+
+def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay):
+    """(g_MAML, loss of the first mini-batch) -- ``maml_gradient``, keeping the loss to log."""
+    phis, phi, first = [], theta, None
+    for step in inner_steps(model, theta, inner_batches, SGD(alpha), weight_decay):
+        phis.append(step.phi_prev)                                   # phi_{i-1}
+        phi, first = step.phi, step.loss if first is None else first  # phi_i
+    loss, v = model.loss_and_grad(phi, *test_batch)                  # L_test'(phi_k)
+    for phi, (x, y) in zip(reversed(phis), reversed(inner_batches)):
+        at = phi * weight_decay if weight_decay != 1 else phi
+        v = v - alpha * model.hvp(at, x, y, v)                       # (I - alpha H_i) v
+        v = v * weight_decay if weight_decay != 1 else v             # lambda (...)
+    return v, loss if first is None else first
+
+
+def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None):
+    """Delta, the update each task proposes, and the loss of its first mini-batch.
+
+        reptile      Delta = phi_k - theta                         Eq. (5) / Algorithm 1
+        fomaml       Delta = phi_k - phi_{k-1}                     the last inner update
+        combination  Delta = sum_j w_j (phi_j - phi_{j-1})         section 6.2, w = weights
+        maml         Delta = -alpha g_MAML(batches[:-1], batches[-1])   Eqs. (17)-(21)
+
+    With SGD (and no weight decay) phi_j - phi_{j-1} = -alpha g_j, so FOMAML is -alpha g_k
+    (Eq. 38's first-order term), a combination -alpha sum_j w_j g_j, Reptile w = (1, ..., 1)
+    and FOMAML w = (0, ..., 0, 1). Exact MAML needs an SGD inner loop.
+
+    theta: (P,) or (n, P); batches: k pairs (x, y) with theta's task axes; optimizer: the
+    inner one. Returns (Delta with theta's shape, loss with theta's task shape).
+    """
+    if algo == "maml":
+        if not isinstance(optimizer, SGD):
+            raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
+        g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay)
+        return -optimizer.lr * g, loss
+    if algo == "combination":
+        if weights is None or len(weights) != len(batches):
+            raise ValueError(f"a combination needs one weight per mini-batch ({len(batches)})")
+    elif algo not in ("reptile", "fomaml"):
+        raise ValueError(f"unknown algorithm {algo!r}; expected reptile, fomaml, maml or "
+                         f"combination")
+    if not batches:
+        raise ValueError("the inner loop needs at least one mini-batch")
+    delta, first = 0, None
+    for j, step in enumerate(inner_steps(model, theta, batches, optimizer, weight_decay)):
+        first = step.loss if first is None else first
+        if algo == "combination" and weights[j]:
+            delta = delta + weights[j] * (step.phi - step.phi_prev)  # w_j (phi_j - phi_{j-1})
+    if algo == "reptile":
+        delta = step.phi - theta                                     # phi_k - theta
+    elif algo == "fomaml":
+        delta = step.phi - step.phi_prev                             # phi_k - phi_{k-1}
+    return delta, first
+
+
+def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
+                 sequential=False):
+    """Delta_i for the n tasks of a meta-batch (n, P), and the mean first-batch loss.
+
+    Batched (default): the n tasks in one pass over the task axis. A stateful inner optimizer
+    (Adam) gives every task a copy of its state, and the n copies are merged after
+    (``Adam.merge_tasks``: exact with SGD, the documented approximation with Adam).
+    sequential=True: the tasks one after another through the one optimizer state, exactly
+    as the paper's code feeds them.
+
+    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)).
+    """
+    n, xp = batches[0][0].shape[0], get_xp(theta)
+    if sequential:
+        runs = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], optimizer,
+                            weight_decay, weights) for i in range(n)]
+        return xp.stack([r[0] for r in runs]), sum(r[1] for r in runs) / n
+    start = optimizer.snapshot()
+    delta, loss = task_update(algo, model, xp.broadcast_to(theta, (n,) + theta.shape),
+                              batches, optimizer, weight_decay, weights)
+    optimizer.merge_tasks(start)
+    return delta, loss.mean()
+
+
+def outer_step(theta, delta, epsilon, outer=None):
+    """theta <- theta + epsilon Delta, or an outer optimizer's step on the gradient -Delta.
+
+    With Reptile's Delta = mean_i (phi_i - theta) this is Eq. (5). An ``Adam`` (its lr set
+    to epsilon, so the schedule still applies) treats -Delta as a gradient (section 3).
+    """
+    if outer is None:
+        return theta + epsilon * delta
+    outer.lr = epsilon
+    return outer.step(theta, -delta)
+
+
+def meta_update(algo, model, theta, batches, optimizer, epsilon, outer=None, weight_decay=1.0,
+                weights=None, sequential=False):
+    """One meta-iteration on a meta-batch: theta <- theta + epsilon mean_i Delta_i.
+
+    The n tasks' updates come from ``task_updates`` (see ``task_update`` for each
+    algorithm's Delta); their mean is applied by ``outer_step``.
+    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)), the last one FOMAML's tail
+    and MAML's test batch. Returns (new theta, mean loss of the first mini-batch).
+    """
+    delta, loss = task_updates(algo, model, theta, batches, optimizer, weight_decay, weights,
+                               sequential)
+    return outer_step(theta, delta.mean(axis=0), epsilon, outer), loss
 
 
 def linear_schedule(start, final, iteration, total):
@@ -68,95 +204,3 @@ def linear_schedule(start, final, iteration, total):
     """
     frac = iteration / total
     return (1 - frac) * start + frac * final
-
-
-def fomaml_gradient(model, theta, batches, optimizer):
-    """First-order MAML: g_FOMAML = g_k = L_k'(phi_{k-1}) (section 2; Eq. 38 with SGD).
-
-    Runs the inner loop on ``batches[:-1]`` and returns the gradient of the last batch's
-    loss at the result, so k batches cost k gradients. Shared tail: the last batch is
-    drawn like the others (``[train] * k``); separate tail: it is disjoint from them
-    (``[train] * (k - 1) + [test]``, MAML's first-order approximation).
-
-    theta: (P,) or (n, P); returns g_k with theta's shape (one gradient per task).
-    """
-    phi = inner_loop(model, theta, batches[:-1], optimizer)
-    x, y = batches[-1]
-    return model.grad(phi, x, y)
-
-
-def maml_gradient(model, theta, inner_batches, test_batch, alpha, first_order=False):
-    """Exact MAML meta-gradient through k SGD steps, computed backwards.
-
-        phi_0 = theta,  phi_i = phi_{i-1} - alpha L_i'(phi_{i-1}),       i = 1..k
-        g_MAML = d/dtheta L_test(phi_k)
-               = (I - alpha H_1) (I - alpha H_2) ... (I - alpha H_k) L_test'(phi_k)
-        with H_i = L_i''(phi_{i-1})
-
-    Paper: Eqs. (17)-(21) (the paper counts the test loss as its k-th loss). The product
-    is applied right to left, v <- v - alpha H_i v, one exact Hessian-vector product per
-    step; only phi_0..phi_{k-1} are kept (memory O(k P), no activations across steps).
-    first_order=True drops the H_i terms (MAML's own first-order option): g = L_test'(phi_k).
-
-    theta: (P,) or (n, P); inner_batches: k pairs (x, y); test_batch: (x, y).
-    Returns g_MAML with theta's shape.
-    """
-    phis, phi = [], theta
-    for x, y in inner_batches:
-        phis.append(phi)                                        # phi_{i-1}
-        phi = phi - alpha * model.grad(phi, x, y)               # phi_i
-    v = model.grad(phi, *test_batch)                            # L_test'(phi_k)
-    if first_order:
-        return v
-    for phi, (x, y) in zip(reversed(phis), reversed(inner_batches)):
-        v = v - alpha * model.hvp(phi, x, y, v)                 # (I - alpha H_i) v
-    return v
-
-
-def combination_gradient(grads, weights):
-    """A first-order meta-gradient sum_i w_i g_i of the inner gradients (section 6.2).
-
-    Reptile with SGD is weights (1, ..., 1) (times alpha, Eq. 40); FOMAML is (0, ..., 0, 1).
-    grads: k arrays of equal shape (from ``inner_loop(..., keep_grads=True)``); weights: k numbers.
-    """
-    if len(grads) != len(weights):
-        raise ValueError(f"{len(weights)} weights for {len(grads)} inner gradients")
-    return sum(w * g for w, g in zip(weights, grads))
-
-
-def meta_gradient(algo, model, theta, batches, test_batch, optimizer):
-    """The meta-gradient g of one meta-batch, averaged over its n tasks; theta <- theta - eps g.
-
-        reptile: theta - mean_i phi_i,  phi_i = U^k(theta) on batches        Eq. (5)
-        fomaml:  mean_i L_test'(phi_i)                                        section 2
-        maml:    mean_i (I - alpha H_1)...(I - alpha H_k) L_test'(phi_i)       Eqs. (17)-(21)
-
-    theta: (P,); batches: k pairs (x, y) of shape (n, B, ...); test_batch: (x, y) with
-    the same n (unused by Reptile); optimizer: the inner one (``SGD`` for exact MAML).
-    FOMAML's tail is test_batch: a disjoint batch (separate tail) or one of ``batches``
-    again (shared tail). A stateful inner optimizer (Adam) keeps its (n, P) state across
-    calls; merging or resetting it is the caller's choice (``Adam.merge_tasks``).
-    """
-    thetas = tile(theta, len(batches[0][0]) if batches else len(test_batch[0]))
-    if algo == "reptile":
-        return theta - inner_loop(model, thetas, batches, optimizer).mean(axis=0)
-    if algo == "fomaml":
-        g = fomaml_gradient(model, thetas, list(batches) + [test_batch], optimizer)
-        return g.mean(axis=0)
-    if algo == "maml":
-        if not isinstance(optimizer, SGD):
-            raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
-        return maml_gradient(model, thetas, batches, test_batch, optimizer.lr).mean(axis=0)
-    raise ValueError(f"unknown algorithm {algo!r}; expected one of {', '.join(ALGOS)}")
-
-
-def outer_step(theta, g, epsilon, optimizer=None):
-    """The outer update from a meta-gradient: theta - epsilon g, or an outer optimizer's step.
-
-    With Reptile's g = theta - mean_i phi_i this is Eq. (5); with an ``Adam`` (its lr set
-    to epsilon, so the schedule still applies) g is treated as a gradient (section 3).
-    """
-    if optimizer is None:
-        return theta - epsilon * g
-    optimizer.lr = epsilon
-    return optimizer.step(theta, g)

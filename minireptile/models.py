@@ -45,6 +45,10 @@ class Sequential:
         self.num_params = offset
         self.output_shape = shape
 
+    def activation_values(self):
+        """Values one example's activations take through the layers (a memory estimate)."""
+        return int(sum(np.prod(shape) for shape in self.shapes))
+
     # -- parameters ------------------------------------------------------------------
     def init(self, rng):
         """A float64 host vector theta of length P, each layer initialised as TensorFlow does."""

@@ -30,6 +30,12 @@ class SGD:
     def copy(self):
         return SGD(self.lr)
 
+    def snapshot(self):
+        return None
+
+    def merge_tasks(self, start):
+        """Stateless: n tasks stepping in one batched pass need no merge."""
+
 
 class Adam:
     """Adam (Kingma & Ba 2015) in TensorFlow's form, as the paper's code uses it.
@@ -68,6 +74,10 @@ class Adam:
         lr_t = float(self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t))
         return theta - lr_t * self.m / (xp.sqrt(self.v) + self.eps)
 
+    def snapshot(self):
+        """(t, m, v) now: the shared state a batched pass starts from (see merge_tasks)."""
+        return self.t, self.m, self.v
+
     def merge_tasks(self, start):
         """Merge the states of n tasks that took k steps each from one shared state `start`.
 
@@ -81,7 +91,7 @@ class Adam:
             s <- beta^(nk) s_0 + (1 - beta^(nk)) / (1 - beta^k) * mean_i(s_i - beta^k s_0)
             t <- t_0 + n k
 
-        start: (t_0, m_0, v_0) saved before the inner loop (m_0, v_0 None before any step);
+        start: ``snapshot()`` taken before the inner loop (m_0, v_0 None before any step);
         self.m, self.v: (n, P) after the batched inner loop.
         """
         t0, m0, v0 = start

@@ -1,34 +1,35 @@
-"""Few-shot meta-training (section 6.1): Reptile, FOMAML or exact MAML on image tasks.
+"""The meta-training loops: sampling, the epsilon schedule, checkpoints, logs, resume.
 
-One meta-iteration, as the paper's code does it (supervised-reptile, reptile.py):
+The arithmetic of a meta-iteration is ``meta.meta_update``; this module only feeds it.
+
+Few-shot classification (section 6.1), as the paper's code runs it (supervised-reptile):
   1. sample n = meta_batch tasks, N-way with train_shots images per class;
   2. on every task, k = inner_iters steps of the inner optimizer (Adam with beta1 = 0, or
      SGD with --sgd) on mini-batches of inner_batch samples that cycle through the task;
-  3. outer step with epsilon annealed linearly from meta_step to meta_step_final:
-       Reptile (Eq. 5):  theta <- theta + epsilon * mean_i (phi_i - theta)
-       FOMAML:           theta <- theta + epsilon * mean_i (phi_i,k - phi_i,k-1)
-                         (the last inner update, as the paper's code takes it; with
-                         --foml-tail S the last mini-batch is S disjoint shots per class)
-       exact MAML:       theta <- theta - epsilon * alpha * mean_i g_MAML,i   (Eqs. 17-21,
-                         SGD inner loop; -alpha g is FOMAML's update in the same units)
+  3. theta <- theta + epsilon * mean_i Delta_i, epsilon annealed linearly from meta_step to
+     meta_step_final (Delta_i per algorithm: ``meta.task_update``).
+The inner Adam's state is never reset during training. The paper feeds the n tasks through
+it one after another (``sequential=True``); the default runs the meta-batch as one batched
+pass and merges the per-task states (``optim.Adam.merge_tasks``).
 
-The inner Adam's state is never reset during training. The paper feeds the n tasks
-through it one after another (``sequential=True`` does exactly that); the default runs the
-meta-batch as one batched pass, each task from a copy of the shared state, merged after
-(``optim.Adam.merge_tasks`` states the rule).
+Sine regression (section 4): ``train_sine``, the same core on the sine tasks.
 """
 import dataclasses
 import math
 import os
-import time
+import sys
 
 import numpy as np
 
-from .backend import dtype, get_xp, to_device, to_host
-from .data import inner_batches, sample_tasks
+from . import checkpoint
+from .backend import available_memory, dtype, get_xp, to_device, to_host
+from .data.batches import sample_meta_batch
 from .errors import UserError
-from .meta import linear_schedule, maml_gradient
+from .evaluate import BYTES_PER_VALUE, evaluate, tasks_per_pass
+from .meta import linear_schedule, meta_update
 from .optim import SGD, Adam
+from .progress import Progress
+from .tasks import sine
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ class TrainConfig:
     """The paper's flags (supervised-reptile's args.py), names and meanings kept.
 
     The defaults here are the quick embedded-Omniglot run (5-way 1-shot); ``PAPER_DEFAULTS``
-    holds args.py's, which apply whenever a paper flag is given (see cli/train.py).
+    holds args.py's, which ``--defaults paper`` selects (see cli/train.py).
     """
     dataset: str = "omniglot"   # omniglot | miniimagenet (which CNN)
     classes: int = 5            # N-way
@@ -56,8 +57,9 @@ class TrainConfig:
     eval_interval: int = 500
     weight_decay: float = 1.0   # multiply theta by this before every inner step (1 = off)
     transductive: bool = False
-    algo: str = "reptile"       # reptile | fomaml | maml
-    foml_tail: int = 0          # FOMAML's separate tail: shots per class (0 = shared tail)
+    algo: str = "reptile"       # reptile | fomaml | maml | combination
+    foml_tail: int = 0          # separate tail: shots per class taken out of train_shots
+    combination: str = ""       # section 6.2: last | sum | mean | w1,...,wk (algo combination)
     sgd: bool = False
     augment: bool = True        # rotations of the training classes (Omniglot)
     sequential: bool = False
@@ -65,30 +67,44 @@ class TrainConfig:
     checkpoint_interval: int = 100
     eval_tasks_during: int = 20  # tasks per split in the periodic quick estimate
 
-
     def validate(self):
         positive = ("classes", "shots", "inner_batch", "inner_iters", "meta_batch",
                     "eval_batch", "eval_iters", "eval_samples", "eval_interval",
-                    "checkpoint_interval")
+                    "checkpoint_interval", "eval_tasks_during")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, "
                                 f"got {getattr(self, name)}")
         if self.meta_iters < 0 or self.train_shots < 0 or self.foml_tail < 0:
             raise UserError("--meta-iters, --train-shots and --foml-tail cannot be negative")
-        if self.algo not in ("reptile", "fomaml", "maml"):
+        for name in ("learning_rate", "meta_step", "meta_step_final", "weight_decay"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in
+                                                         ("learning_rate", "weight_decay")):
+                kind = "non-negative" if name.startswith("meta") else "positive"
+                raise UserError(f"--{name.replace('_', '-')} must be a {kind} number, "
+                                f"got {value}")
+        if self.algo not in ("reptile", "fomaml", "maml", "combination"):
             raise UserError(f"unknown --algo {self.algo!r}; expected reptile, fomaml or maml")
         if self.algo == "maml" and not self.sgd:
             raise UserError("exact MAML differentiates through SGD inner steps (Eqs. 17-21): "
                             "add --sgd")
-        if self.foml_tail and self.algo == "reptile":
-            raise UserError("--foml-tail applies to --algo fomaml (or maml), not reptile")
-        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.foml_tail and self.algo not in ("fomaml", "maml"):
+            raise UserError("--foml-tail applies to --foml / --algo fomaml (or maml)")
+        shots = self.train_shots or self.shots
+        if self.foml_tail and not self.foml_tail < shots:
+            raise UserError(f"--foml-tail {self.foml_tail} must be below --train-shots "
+                            f"({shots}): the tail is taken out of the task's shots")
+        if self.foml_tail and self.inner_iters < 2 and self.algo == "fomaml":
+            raise UserError("--foml-tail needs --inner-iters 2 or more (the tail is the last)")
+        if (self.algo == "combination") != bool(self.combination):
+            raise UserError("--combination sets the algorithm: give it without --algo/--foml")
+        if self.combination:
+            combination_weights(self.combination, self.inner_iters)
         return self
 
 
-# supervised-reptile's args.py defaults: used for every flag not given once any is given
+# supervised-reptile's args.py defaults, selected by --defaults paper
 PAPER_DEFAULTS = dict(classes=5, shots=5, train_shots=0, inner_batch=5, inner_iters=20,
                       replacement=False, learning_rate=1e-3, meta_step=0.1,
                       meta_step_final=0.1, meta_batch=1, meta_iters=400000, eval_batch=5,
@@ -96,133 +112,77 @@ PAPER_DEFAULTS = dict(classes=5, shots=5, train_shots=0, inner_batch=5, inner_it
                       eval_tasks_during=1)
 
 
+def combination_weights(spec, k):
+    """The weights w_1..w_k of a section 6.2 combination sum_j w_j g_j.
+
+    last: (0, ..., 0, 1), FOMAML's g_k; sum: (1, ..., 1), Reptile's; mean: (1/k, ..., 1/k);
+    or k comma-separated numbers.
+    """
+    named = {"last": [0.0] * (k - 1) + [1.0], "sum": [1.0] * k, "mean": [1.0 / k] * k}
+    if spec in named:
+        return named[spec]
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--combination {spec!r}: expected last, sum, mean or k numbers "
+                        f"w1,...,wk") from None
+    if len(weights) != k:
+        raise UserError(f"--combination {spec!r} has {len(weights)} weights for "
+                        f"--inner-iters {k}")
+    return weights
+
+
 def inner_optimizer(cfg):
     """The inner loop's optimizer: Adam with beta1 = 0 (paper), or SGD with --sgd."""
     return SGD(cfg.learning_rate) if cfg.sgd else Adam(cfg.learning_rate, beta1=0.0)
 
 
-def adapt(model, theta, batches, optimizer, weight_decay=1.0):
-    """phi = U^k(theta): one inner step per mini-batch, for one task or T tasks at once.
-
-    theta (P,) or (T, P); batches: k pairs (x, y) with the same leading task axes. Before
-    each step theta is multiplied by weight_decay (the paper's --weight-decay; 1 = off).
-    Returns (phi_k, phi_{k-1}, loss per example on the first mini-batch).
-    """
-    phi = prev = theta
-    first_loss = None
-    for x, y in batches:
-        if weight_decay != 1:
-            phi = phi * weight_decay
-        loss, g = model.loss_and_grad(phi, x, y)
-        first_loss = loss if first_loss is None else first_loss
-        prev, phi = phi, optimizer.step(phi, g)
-    return phi, prev, first_loss.mean() / batches[0][1].shape[-1]
+def check_memory(model, cfg):
+    """One-line UserError, naming the memory needed, for a run whose passes cannot fit."""
+    tasks_per_pass(model, max(cfg.classes * cfg.shots + 1, cfg.eval_batch))
+    images = cfg.meta_batch * max(cfg.inner_batch, cfg.classes * cfg.foml_tail)
+    need, free = images * model.activation_values() * BYTES_PER_VALUE, available_memory()
+    if need > free:
+        raise UserError(f"a meta-iteration's batched pass of {images} images needs "
+                        f"{need / 2 ** 30:.1f} GiB of activations, {free / 2 ** 30:.1f} GiB "
+                        f"is available; use a smaller --meta-batch or --inner-batch")
 
 
-def gather(x, y, idx):
-    """Mini-batches by index: x (T, S, ...), idx (T, k, b) -> (T, k, b, ...), labels alike."""
-    rows = np.arange(x.shape[0])[:, None, None]
-    return x[rows, idx], y[rows, idx]
+def meta_batch(ds, rng, cfg):
+    """The k mini-batches of one meta-iteration's n tasks, on the device."""
+    return sample_meta_batch(ds, rng, cfg.meta_batch, cfg.classes, cfg.train_shots or cfg.shots,
+                             cfg.inner_batch, cfg.inner_iters, cfg.foml_tail, cfg.replacement,
+                             None if cfg.augment else False)
 
 
-def sample_meta_batch(ds, rng, cfg):
-    """The meta-batch's inner mini-batches on the device: x (n, k, b, H, W, C), y (n, k, b).
-
-    With a separate tail (--foml-tail S), the k-th batch is S further shots of every class,
-    disjoint from the first k - 1 batches (the paper's separate-tail FOMAML).
-    """
-    shots = cfg.train_shots or cfg.shots
-    n, k = cfg.meta_batch, cfg.inner_iters
-    x, y, xt, yt = sample_tasks(ds, "train", rng, n, cfg.classes, shots,
-                                num_query=cfg.foml_tail,
-                                augment=None if cfg.augment else False)
-    idx = inner_batches(x.shape[1], rng, cfg.inner_batch, k - (cfg.foml_tail > 0),
-                        cfg.replacement, num_tasks=n)
-    xs, ys = gather(x, y, idx)
-    if cfg.foml_tail:
-        xs = np.concatenate([xs, xt[:, None]], axis=1) if k > 1 else xt[:, None]
-        ys = np.concatenate([ys, yt[:, None]], axis=1) if k > 1 else yt[:, None]
-    return to_device(xs, dtype()), to_device(ys)
-
-
-def meta_iteration(model, theta, optimizer, x, y, epsilon, cfg):
-    """One outer step on the meta-batch (x, y); returns (theta, mean inner loss)."""
-    if cfg.algo == "maml":
-        batches = [(x[:, i], y[:, i]) for i in range(x.shape[1])]
-        xp = get_xp(theta)
-        thetas = xp.broadcast_to(theta, (x.shape[0],) + theta.shape)
-        g = maml_gradient(model, thetas, batches[:-1], batches[-1], cfg.learning_rate)
-        loss = model.loss(thetas, *batches[0]).mean() / y.shape[-1]
-        return theta - epsilon * cfg.learning_rate * g.mean(axis=0), loss
-    xp, n, k = get_xp(theta), x.shape[0], x.shape[1]
-    if cfg.sequential:                       # the paper's code: tasks one after another
-        runs = [adapt(model, theta, [(x[i, j], y[i, j]) for j in range(k)], optimizer,
-                      cfg.weight_decay) for i in range(n)]
-        phi, prev = (xp.stack([r[j] for r in runs]) for j in (0, 1))
-        loss = sum(r[2] for r in runs) / n
-    else:                                    # one batched pass over the task axis
-        start = (optimizer.t, optimizer.m, optimizer.v) if isinstance(optimizer, Adam) else None
-        phi, prev, loss = adapt(model, xp.broadcast_to(theta, (n,) + theta.shape),
-                                [(x[:, j], y[:, j]) for j in range(k)], optimizer,
-                                cfg.weight_decay)
-        if start is not None:
-            optimizer.merge_tasks(start)
-    if cfg.algo == "fomaml":
-        return theta + epsilon * (phi - prev).mean(axis=0), loss
-    return theta + epsilon * (phi.mean(axis=0) - theta), loss
-
-
-class Progress:
-    """One updating line on a terminal; plain lines every `every` seconds otherwise."""
-
-    def __init__(self, total, start, stream, every=10.0):
-        self.total, self.start_iter, self.stream, self.every = total, start, stream, every
-        self.t0 = self.last = time.time()
-        self.tty = stream.isatty()
-        self.shown = None
-
-    def update(self, iteration, loss, accuracy, force=False):
-        now = time.time()
-        if iteration == self.shown or not (self.tty or force or now - self.last >= self.every):
-            return
-        self.last, self.shown = now, iteration
-        done = iteration - self.start_iter
-        rate = done / max(now - self.t0, 1e-9)
-        left = (self.total - iteration) / rate if rate > 0 else float("nan")
-        acc = "" if accuracy is None else f"  test acc {100 * accuracy:5.1f}%"
-        line = (f"iter {iteration:>6}/{self.total}  {rate:6.2f} it/s  left {left:6.0f}s  "
-                f"loss {loss:.4f}{acc}")
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\n")
+def meta_iteration(model, theta, optimizer, batches, epsilon, cfg):
+    """One outer step of cfg's algorithm; returns (theta, mean loss per example)."""
+    weights = combination_weights(cfg.combination, len(batches)) if cfg.combination else None
+    theta, loss = meta_update(cfg.algo, model, theta, batches, optimizer, epsilon,
+                              weight_decay=cfg.weight_decay, weights=weights,
+                              sequential=cfg.sequential)
+    return theta, loss / batches[0][1].shape[-1]
 
 
 def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
     """Meta-train model on ds's training classes; returns (theta, inner optimizer).
 
     With checkpoint_dir, an existing checkpoint there is resumed (its configuration must
-    match) and a new one is written atomically every cfg.checkpoint_interval iterations,
-    at the end, and on Ctrl-C; every quick evaluation is appended to its log.jsonl.
+    match, except a larger meta_iters, which extends a run) and a new one is written
+    atomically every cfg.checkpoint_interval iterations, at the end, and on Ctrl-C; every
+    quick evaluation is appended to its log.jsonl.
     """
-    import sys
-
-    from . import checkpoint
-    from .evaluate import evaluate
-
     stream = stream or sys.stderr
     cfg.validate()
+    check_memory(model, cfg)
     config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}")
     optimizer, start = inner_optimizer(cfg), 0
     if checkpoint.exists(checkpoint_dir):
         theta, state, rng, start, saved = checkpoint.load(checkpoint_dir)
-        if _identity(saved) != _identity(config) or theta.shape != (model.num_params,):
-            raise UserError(f"{checkpoint_dir}: checkpoint of another run ({_describe(saved)}); "
-                            f"use another --checkpoint folder")
+        refuse_mismatch(checkpoint_dir, saved, config, start)
         optimizer.load_state_dict(state, get_xp(to_device(np.zeros(1))))
         checkpoint.truncate_log(checkpoint_dir, start)
+        print(f"resuming from iteration {start} ({checkpoint_dir})", file=stream, flush=True)
     else:
         if checkpoint_dir:
             if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
@@ -237,15 +197,15 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
             checkpoint.save(checkpoint_dir, to_host(theta), optimizer.state_dict(), rng,
                             iteration, config)
 
-    progress, accuracy, it = Progress(cfg.meta_iters, start, stream), None, start
+    progress, accuracy, it, loss = Progress(cfg.meta_iters, start, stream), None, start, None
     at_start = rng.bit_generator.state, optimizer.copy(), theta
     try:
         for it in range(start, cfg.meta_iters):
             at_start = rng.bit_generator.state, optimizer.copy(), theta   # for Ctrl-C
             epsilon = linear_schedule(cfg.meta_step, cfg.meta_step_final, it, cfg.meta_iters)
-            x, y = sample_meta_batch(ds, rng, cfg)
+            batches = meta_batch(ds, rng, cfg)
             with np.errstate(over="ignore", invalid="ignore"):    # checked just below
-                new_theta, loss = meta_iteration(model, theta, optimizer, x, y, epsilon, cfg)
+                new_theta, loss = meta_iteration(model, theta, optimizer, batches, epsilon, cfg)
             loss = float(loss)
             if not math.isfinite(loss) or not bool(get_xp(new_theta).isfinite(new_theta).all()):
                 kept = (f"last good checkpoint kept in {checkpoint_dir}"
@@ -254,19 +214,11 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
                                 f"parameters not finite); {kept}")
             theta = new_theta
             if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.meta_iters:
-                record = {"iteration": it + 1, "loss": loss}
-                eval_rng = np.random.default_rng([cfg.seed, it + 1])
-                for split in ("train", "test"):
-                    record[split] = evaluate(
-                        model, theta, optimizer, ds, split, eval_rng, cfg.classes, cfg.shots,
-                        cfg.eval_batch, cfg.eval_iters, cfg.eval_tasks_during,
-                        cfg.transductive, cfg.replacement, cfg.weight_decay)[0]
-                accuracy = record["test"]
-                if checkpoint_dir:
-                    checkpoint.append_log(checkpoint_dir, record)
+                accuracy = quick_evaluation(model, theta, optimizer, ds, cfg, it + 1, loss,
+                                            checkpoint_dir)
             if checkpoint_dir and ((it + 1) % cfg.checkpoint_interval == 0):
                 save(it + 1)
-            progress.update(it + 1, loss, accuracy)
+            progress.update(it + 1, _status(loss, accuracy))
         it = cfg.meta_iters
     except KeyboardInterrupt:
         rng.bit_generator.state, optimizer, theta = at_start     # back to a whole iteration
@@ -274,20 +226,71 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
         progress.close()
         raise
     save(cfg.meta_iters)
-    progress.update(cfg.meta_iters, loss if cfg.meta_iters > start else float("nan"),
-                    accuracy, force=True)
+    progress.update(cfg.meta_iters, _status(loss, accuracy), force=True)
     progress.close()
     return theta, optimizer
 
 
-def _identity(config):
-    """What a checkpoint must agree on to be resumed (not eval or bookkeeping settings)."""
-    keep = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
+def quick_evaluation(model, theta, optimizer, ds, cfg, iteration, loss, checkpoint_dir):
+    """Accuracy on cfg.eval_tasks_during tasks per split, logged; returns the test one."""
+    record = {"iteration": iteration, "loss": loss}
+    rng = np.random.default_rng([cfg.seed, iteration])
+    for split in ("train", "test"):
+        record[split] = evaluate(model, theta, optimizer, ds, split, rng, cfg.classes,
+                                 cfg.shots, cfg.eval_batch, cfg.eval_iters,
+                                 cfg.eval_tasks_during, cfg.transductive, cfg.replacement,
+                                 cfg.weight_decay)[0]
+    if checkpoint_dir:
+        checkpoint.append_log(checkpoint_dir, record)
+    return record["test"]
+
+
+def _status(loss, accuracy):
+    text = "" if loss is None else f"loss {loss:.4f}"
+    return text + ("" if accuracy is None else f"  test acc {100 * accuracy:5.1f}%")
+
+
+IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
-            "weight_decay", "algo", "foml_tail", "sgd", "sequential", "seed", "model",
-            "dataset", "augment")
-    return {k: config.get(k) for k in keep}
+            "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "seed",
+            "model", "dataset", "augment")
 
 
-def _describe(config):
-    return ", ".join(f"{k}={v}" for k, v in _identity(config).items() if v is not None)
+def refuse_mismatch(folder, saved, config, iteration):
+    """UserError naming every field in which a checkpoint's run differs from this one.
+
+    Evaluation and bookkeeping settings may differ; meta_iters may grow (extending a
+    finished or running run: the remaining iterations anneal epsilon over the new total).
+    """
+    defaults = {"combination": ""}
+    differ = [f"{k} {saved.get(k, defaults.get(k))!r} (now {config.get(k)!r})"
+              for k in IDENTITY if k != "meta_iters"
+              and saved.get(k, defaults.get(k)) != config.get(k)]
+    if config["meta_iters"] < iteration:
+        differ.append(f"meta_iters {saved['meta_iters']} with {iteration} done "
+                      f"(now {config['meta_iters']})")
+    if differ:
+        raise UserError(f"{folder}: checkpoint of another run: {'; '.join(differ)}; use "
+                        f"another --checkpoint folder")
+
+
+def train_sine(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_step,
+               meta_step_final, meta_batch, outer=None, shared_tail=False, callback=None):
+    """Meta-train theta (P,) on sine tasks (section 4): meta_iters outer steps of n tasks.
+
+    Each task's k = inner_iters inner SGD steps use its p points (full batch); FOMAML and
+    MAML then take one more mini-batch, the 50-point grid of the loss (a separate tail;
+    shared_tail: the p points again), as FOMAML's last step and MAML's test loss.
+    epsilon is annealed linearly; outer: None (theta + epsilon Delta, Eq. 5 for Reptile) or
+    an optimizer such as Adam. callback(iteration, theta) runs after every outer step.
+    """
+    optimizer = SGD(inner_lr)
+    for i in range(meta_iters):
+        tasks = sine.sample(rng, meta_batch)
+        tail = [] if algo == "reptile" else [tasks.train if shared_tail else tasks.test]
+        epsilon = linear_schedule(meta_step, meta_step_final, i, meta_iters)
+        theta, _ = meta_update(algo, model, theta, [tasks.train] * inner_iters + tail,
+                               optimizer, epsilon, outer)
+        if callback is not None:
+            callback(i + 1, theta)
+    return theta

@@ -1,4 +1,8 @@
-"""Shared fixtures: ``xp`` runs a test on NumPy and, where a GPU is visible, on CuPy."""
+"""Shared fixtures and helpers; test modules import helpers from here, never from each other.
+
+``xp`` runs a test on NumPy and, where a GPU is visible, on CuPy; ``rng`` is a seeded host
+generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folders to pack.
+"""
 import numpy as np
 import pytest
 
@@ -36,3 +40,43 @@ def xp(request):
 def rng():
     """A seeded host generator (fresh per test, so tests do not depend on their order)."""
     return np.random.default_rng(1234)
+
+
+def make_omniglot(root, alphabets=3, characters=4, drawers=5, seed=0):
+    """root/<Alphabet>/characterNN/IIII_DD.png: random 105x105 1-bit images."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for a in range(alphabets):
+        for c in range(characters):
+            folder = root / f"Alpha{a}" / f"character{c + 1:02d}"
+            folder.mkdir(parents=True)
+            for d in range(drawers):
+                pixels = rng.random((105, 105)) > 0.2
+                Image.fromarray(pixels).save(folder / f"{a * characters + c:04d}_{d + 1:02d}.png")
+    return root
+
+
+def make_miniimagenet(root, csv_layout=False):
+    """3 train, 2 val, 2 test classes of 4 JPEGs (some 84x84, some larger)."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    classes = {"train": ["n01", "n02", "n03"], "val": ["n04", "n05"], "test": ["n06", "n07"]}
+    (root / "images").mkdir(parents=True)
+    for split, wnids in classes.items():
+        rows = ["filename,label"]
+        for wnid in wnids:
+            for i in range(4):
+                size = (84, 84) if i % 2 else (120, 100)
+                img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+                name = f"{wnid}{i:08d}.jpg"
+                if csv_layout:
+                    img.save(root / "images" / name)
+                    rows.append(f"{name},{wnid}")
+                else:
+                    (root / split / wnid).mkdir(parents=True, exist_ok=True)
+                    img.save(root / split / wnid / name)
+        if csv_layout:
+            (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    if not csv_layout:
+        (root / "images").rmdir()
+    return root

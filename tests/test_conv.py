@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from minireptile.conv import BatchNorm, Conv2d, Flatten, MaxPool2d, conv_geometry
+from minireptile.meta import maml_gradient
 from minireptile.models import miniimagenet_cnn, omniglot_cnn
 
 H = 1e-5
@@ -50,8 +51,8 @@ LAYER_CASES = [
     (MaxPool2d(), (2, 5, 7, 3)),
     (Flatten(), (2, 3, 4, 2)),
 ]
-LAYER_IDS = [f"{type(l).__name__}-{getattr(l, 'stride', '')}{getattr(l, 'padding', '')}-"
-             f"{'x'.join(map(str, s))}" for l, s in LAYER_CASES]
+LAYER_IDS = [f"{type(layer).__name__}-{getattr(layer, 'stride', '')}"
+             f"{getattr(layer, 'padding', '')}-{'x'.join(map(str, s))}" for layer, s in LAYER_CASES]
 
 
 def all_passes(layer, p, rp, x, rx, dy, rdy):
@@ -293,28 +294,25 @@ def test_model_task_axis_equals_separate_tasks(name):
 
 
 def test_exact_maml_meta_gradient_matches_finite_differences():
-    """g = (I - alpha H_1)(I - alpha H_2) grad L_test(theta_2), Eqs. (17)-(21), k = 2."""
+    """meta.maml_gradient, (I - alpha H_1)(I - alpha H_2) L_test'(phi_2) (Eqs. (17)-(21), k = 2),
+    against central differences of L_test(phi_2(theta)) through two plain SGD steps."""
     rng = np.random.default_rng(9)
     model = omniglot_cnn(3, input_shape=(17, 17, 1), filters=4)      # 17 -> 9 -> 5 -> 3 -> 2
     theta, _, _ = model_problem(model, rng)
     batches = [model_problem(model, rng, batch=5)[1:] for _ in range(3)]
     inner, test, alpha = batches[:2], batches[2], 0.05
 
-    def adapted(theta):
-        thetas = [theta]
+    def adapted(theta):                                  # phi_2 = U(theta), two SGD steps
         for x, y in inner:
-            thetas.append(thetas[-1] - alpha * model.grad(thetas[-1], x, y))
-        return thetas
+            theta = theta - alpha * model.grad(theta, x, y)
+        return theta
 
-    thetas = adapted(theta)
-    g = model.grad(thetas[-1], *test)
-    for theta_i, (x, y) in zip(reversed(thetas[:-1]), reversed(inner)):
-        g = g - alpha * model.hvp(theta_i, x, y, g)
+    g = maml_gradient(model, theta, inner, test, alpha)
     d = unit(rng.normal(size=theta.shape))
-    fd = (model.loss(adapted(theta + H * d)[-1], *test) -
-          model.loss(adapted(theta - H * d)[-1], *test)) / (2 * H)
+    fd = (model.loss(adapted(theta + H * d), *test) -
+          model.loss(adapted(theta - H * d), *test)) / (2 * H)
     assert rel_err(g @ d, fd) < TOL
-    first_order = model.grad(thetas[-1], *test)
+    first_order = model.grad(adapted(theta), *test)
     assert rel_err(first_order @ d, fd) > 1e-4           # the second-order terms matter here
 
 

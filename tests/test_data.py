@@ -1,6 +1,9 @@
 """Packed datasets (format, Omniglot and Mini-ImageNet packers, `pack`/`info`) and the sampler."""
 import io
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -12,14 +15,14 @@ from PIL import Image
 
 import minireptile.cli as cli
 import minireptile.data.format as format_module
+from conftest import make_miniimagenet, make_omniglot
 from minireptile.backend import make_rng
-from minireptile.data import (FORMAT_VERSION, inner_batches, load_dataset, pack_miniimagenet,
-                              pack_omniglot, sample_tasks, write_dataset)
+from minireptile.data import (FORMAT_VERSION, embedded_omniglot, inner_batches, load_dataset,
+                              pack_miniimagenet, pack_omniglot, sample_tasks, write_dataset)
 from minireptile.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
-ASSET = REPO / "minireptile" / "assets" / "omniglot.h5"
 needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").is_file(),
                                     reason=f"real Omniglot data not found at {OMNIGLOT}")
 
@@ -52,6 +55,7 @@ def small_pack(tmp_path_factory):
     return out, stats
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_full_pack_is_the_papers_dataset(full_pack):
     ds = load_dataset(full_pack)
@@ -65,20 +69,30 @@ def test_full_pack_is_the_papers_dataset(full_pack):
     assert ds.attrs["split_seed"] == 0 and ds.attrs["format_version"] == FORMAT_VERSION
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_embedded_asset_equals_a_fresh_pack(full_pack):
     """Packing is deterministic (whatever the order of SRC) and rebuilds the shipped asset."""
-    fresh, asset = load_dataset(full_pack), load_dataset(ASSET)
+    fresh, asset = load_dataset(full_pack), load_dataset(embedded_omniglot())
     assert np.array_equal(fresh.images, asset.images)
     assert np.array_equal(fresh.offsets, asset.offsets)
     assert fresh.class_names == asset.class_names and fresh.splits == asset.splits
     assert fresh.attrs == asset.attrs
-    with h5py.File(full_pack) as a, h5py.File(ASSET) as b:
+    with h5py.File(full_pack) as a, h5py.File(embedded_omniglot()) as b:
         assert list(a["image_names"][()]) == list(b["image_names"][()])
     assert (REPO / "minireptile" / "assets" / "OMNIGLOT_LICENSE").read_text().startswith(
         "The MIT License")
 
 
+def test_embedded_omniglot_is_the_shipped_full_dataset():
+    path = embedded_omniglot()
+    assert Path(path).parts[-3:] == ("minireptile", "assets", "omniglot.h5")
+    ds = load_dataset(path)
+    assert ds.kind == "omniglot" and ds.images.shape == (32460, 28, 28, 1)
+    assert len(ds.splits["train"]) == 1200 and len(ds.splits["test"]) == 423
+
+
+@pytest.mark.slow
 @needs_omniglot
 def test_small_subsets_keep_shared_alphabets_once(small_pack):
     out, stats = small_pack
@@ -89,6 +103,7 @@ def test_small_subsets_keep_shared_alphabets_once(small_pack):
     assert len(ds.splits["train"]) == 180 and len(ds.splits["test"]) == 62
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_pixels_match_pillows_nearest_resize(small_pack):
     member = "images_background_small1/Balinese/character01/0108_05.png"
@@ -113,6 +128,7 @@ def test_rot90_is_pillows_rotate():
         assert np.array_equal(np.array(img.rotate(90 * k)), np.rot90(np.array(img), k))
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_info_and_default_num_train_error(small_pack, tmp_path, monkeypatch, capsys):
     assert run_cli(["info", small_pack[0]], monkeypatch) == 0
@@ -130,19 +146,6 @@ def test_info_and_default_num_train_error(small_pack, tmp_path, monkeypatch, cap
 
 
 # ---------------------------------------------------------------- generated Omniglot folders
-
-def make_omniglot(root, alphabets=3, characters=4, drawers=5, seed=0):
-    """root/<Alphabet>/characterNN/IIII_DD.png: random 105x105 1-bit images."""
-    rng = np.random.default_rng(seed)
-    for a in range(alphabets):
-        for c in range(characters):
-            folder = root / f"Alpha{a}" / f"character{c + 1:02d}"
-            folder.mkdir(parents=True)
-            for d in range(drawers):
-                pixels = rng.random((105, 105)) > 0.2
-                Image.fromarray(pixels).save(folder / f"{a * characters + c:04d}_{d + 1:02d}.png")
-    return root
-
 
 def test_folder_pack_and_split_by_alphabet(tmp_path, monkeypatch, capsys):
     src = make_omniglot(tmp_path / "src")
@@ -167,31 +170,6 @@ def test_seed_changes_split_and_fraction(tmp_path):
 
 
 # ---------------------------------------------------------------- Mini-ImageNet
-
-def make_miniimagenet(root, csv_layout=False):
-    """3 train, 2 val, 2 test classes of 4 JPEGs (some 84x84, some larger)."""
-    rng = np.random.default_rng(1)
-    classes = {"train": ["n01", "n02", "n03"], "val": ["n04", "n05"], "test": ["n06", "n07"]}
-    (root / "images").mkdir(parents=True)
-    for split, wnids in classes.items():
-        rows = ["filename,label"]
-        for wnid in wnids:
-            for i in range(4):
-                size = (84, 84) if i % 2 else (120, 100)
-                img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
-                name = f"{wnid}{i:08d}.jpg"
-                if csv_layout:
-                    img.save(root / "images" / name)
-                    rows.append(f"{name},{wnid}")
-                else:
-                    (root / split / wnid).mkdir(parents=True, exist_ok=True)
-                    img.save(root / split / wnid / name)
-        if csv_layout:
-            (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    if not csv_layout:
-        (root / "images").rmdir()
-    return root
-
 
 @pytest.mark.parametrize("csv_layout", [False, True])
 def test_miniimagenet_pack(tmp_path, monkeypatch, csv_layout):
@@ -383,6 +361,18 @@ def test_failed_pack_keeps_good_file(tmp_path, tiny_zip, monkeypatch):
     monkeypatch.setattr(format_module, "_fill", fill_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         pack_omniglot([tiny_zip], out, num_train=2)
+
+    class InterruptedWhileFinalized:
+        def __del__(self):                      # h5py's weakref callbacks are such places
+            raise KeyboardInterrupt             # Python prints and drops it
+
+    def fill_then_interrupt_in_a_finalizer(*args):
+        fill(*args)
+        InterruptedWhileFinalized()
+
+    monkeypatch.setattr(format_module, "_fill", fill_then_interrupt_in_a_finalizer)
+    with pytest.raises(KeyboardInterrupt):                       # kept, and no rename
+        pack_omniglot([tiny_zip], out, num_train=2)
     assert out.read_bytes() == before
     only(tmp_path, "o.h5", "tiny.zip")
 
@@ -412,3 +402,124 @@ def test_pack_without_pillow(tmp_path, tiny_zip, monkeypatch):
                                         r"'minireptile\[data\]'"):
         pack_omniglot([tiny_zip], tmp_path / "o.h5", num_train=2)
     only(tmp_path, "tiny.zip")
+
+
+# ---------------------------------------------------------------- progress, stopped packs
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_pack_progress_redraws_a_terminal_line_and_logs_lines(tmp_path, tiny_zip, monkeypatch,
+                                                              capsys):
+    args = ["pack", "omniglot", tiny_zip, "-o", tmp_path / "o.h5", "--num-train", "2"]
+    assert run_cli(args, monkeypatch) == 0
+    log = capsys.readouterr().err.splitlines(keepends=True)    # stderr is not a terminal here
+    assert not any("\r" in line or "\033" in line for line in log)
+    assert all(line.startswith("decoding images ") for line in log[:-1])
+    assert log[-2].startswith("decoding images 12/12 ") and log[-1].startswith("packed 12 ")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert run_cli(args, monkeypatch) == 0
+    assert re.search(r"\rdecoding images 12/12 [^\n]*\npacked 12 images", terminal.getvalue())
+
+
+def test_pack_into_a_folder_is_a_one_line_error(tmp_path, tiny_zip, monkeypatch, capsys):
+    (tmp_path / "out").mkdir()
+    assert run_cli(["pack", "omniglot", tiny_zip, "-o", tmp_path / "out", "--num-train", "2"],
+                   monkeypatch) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("minireptile: error: ") and "out: is a folder" in err
+    only(tmp_path / "out")
+
+
+BLOCKED_PACK = '''
+import signal, sys, time
+import minireptile.cli as cli
+import minireptile.data.format as format_module
+
+fill = format_module._fill
+
+
+def fill_then_block(*args):              # the temporary file is written, not yet renamed
+    fill(*args)
+    print("READY", flush=True)
+    time.sleep(3600)
+
+
+format_module._fill = fill_then_block
+cli.COMMANDS = ("data",)
+signal.signal(signal.SIGINT, signal.default_int_handler)    # even when started with it ignored
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+@pytest.fixture
+def blocked_pack(tmp_path):
+    """Start `minireptile pack omniglot SRC -o OUT` in a child process that blocks (prints READY
+    and sleeps) once its temporary file is written: a test signals it at a known point, however
+    busy the machine. Children still running at the end are killed."""
+    script, children = tmp_path / "blocked_pack.py", []
+    script.write_text(BLOCKED_PACK)
+
+    def start(source, out):
+        child = subprocess.Popen([sys.executable, str(script), "pack", "omniglot", str(source),
+                                  "-o", str(out), "--num-train", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        children.append(child)
+        ready = child.stdout.readline()
+        if ready != "READY\n":
+            child.kill()
+            pytest.fail(f"the pack did not reach its rename: {ready!r} {child.communicate()}")
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+
+
+def temporaries(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("sig,status,word", [(signal.SIGTERM, 143, "terminated"),
+                                             (signal.SIGINT, 130, "interrupted")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_stopped_pack_removes_its_temporary_file(sig, status, word, tmp_path, tiny_zip,
+                                                 blocked_pack):
+    out = tmp_path / "out" / "o.h5"
+    out.parent.mkdir()
+    pack_omniglot([tiny_zip], out, num_train=2)
+    before = out.read_bytes()
+    child = blocked_pack(tiny_zip, out)
+    assert len(temporaries(out.parent)) == 1                     # stopped in the middle
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == status
+    assert err.splitlines()[-1] == f"minireptile: {word}" and "Traceback" not in err
+    only(out.parent, "o.h5")
+    assert out.read_bytes() == before
+
+
+def test_next_pack_removes_the_temporary_files_of_killed_packs_only(tmp_path, tiny_zip,
+                                                                    blocked_pack, monkeypatch):
+    out = tmp_path / "out" / "o.h5"
+    out.parent.mkdir()
+    killed = blocked_pack(tiny_zip, out)
+    left = temporaries(out.parent)
+    killed.kill()                                                # SIGKILL: no clean-up
+    killed.communicate()
+    assert len(left) == 1 and temporaries(out.parent) == left
+    running = blocked_pack(tiny_zip, out)                        # removed the dead one's file
+    mine = temporaries(out.parent)
+    assert len(mine) == 1 and mine != left
+    assert run_cli(["pack", "omniglot", tiny_zip, "-o", out, "--num-train", "2"],
+                   monkeypatch) == 0
+    assert temporaries(out.parent) == mine                       # a live pack's file is kept
+    running.terminate()
+    running.communicate(timeout=300)
+    only(out.parent, "o.h5")
+    assert load_dataset(out).images.shape == (12, 28, 28, 1)

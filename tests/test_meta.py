@@ -1,4 +1,4 @@
-"""Reptile, FOMAML and exact MAML against finite differences and the paper's identities.
+"""The meta core against finite differences and the paper's identities.
 
 float64 throughout; a smooth (tanh) MLP so central differences with h = 1e-5 are exact to
 ~1e-10. Tasks run batched: theta (T, P), inputs (T, B, 1).
@@ -6,9 +6,8 @@ float64 throughout; a smooth (tanh) MLP so central differences with h = 1e-5 are
 import numpy as np
 import pytest
 
-from minireptile.meta import (combination_gradient, fomaml_gradient, inner_loop,
-                              linear_schedule, maml_gradient, meta_gradient, outer_step,
-                              reptile_update, tile)
+from minireptile.meta import (adapt, inner_steps, linear_schedule, maml_gradient, meta_update,
+                              outer_step, task_update, task_updates, tile)
 from minireptile.models import mlp
 from minireptile.optim import SGD, Adam
 
@@ -31,56 +30,120 @@ def theta_of(model, rng):
         (T, model.num_params))
 
 
-def test_maml_gradient_matches_central_differences(model, rng):
-    """g_MAML = d/dtheta L_test(U^k(theta)) for k = 1..4 (Eqs. 17-21), all tasks at once."""
-    alpha, h = 0.1, 1e-5
-    theta, test = theta_of(model, rng), batch(rng)
+def numeric_gradient(f, theta, h=1e-5):
+    """Central differences of f: (T, P) -> (T,), one coordinate of every task at a time."""
+    out = np.zeros_like(theta)
+    for j in range(theta.shape[-1]):
+        e = np.zeros(theta.shape[-1])
+        e[j] = h
+        out[:, j] = (f(theta + e) - f(theta - e)) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("weight_decay", [1.0, 0.9])
+def test_maml_gradient_matches_central_differences(model, rng, weight_decay):
+    """g_MAML = d/dtheta L_test(U^k(theta)) for k = 1..4 (Eqs. 17-21), all tasks at once,
+    with and without the paper's weight decay inside the inner steps."""
+    alpha, theta, test = 0.1, theta_of(model, rng), batch(rng)
     for k in range(1, 5):
         inner = [batch(rng) for _ in range(k)]
 
         def meta_loss(theta):                      # (T,): L_test(U^k(theta)) per task
-            return model.loss(inner_loop(model, theta, inner, SGD(alpha)), *test)
+            return model.loss(adapt(model, theta, inner, SGD(alpha), weight_decay), *test)
 
-        g = maml_gradient(model, theta, inner, test, alpha)
-        numeric = np.zeros_like(theta)
-        for j in range(model.num_params):          # column j of every task at once
-            e = np.zeros(model.num_params)
-            e[j] = h
-            numeric[:, j] = (meta_loss(theta + e) - meta_loss(theta - e)) / (2 * h)
+        g = maml_gradient(model, theta, inner, test, alpha, weight_decay)
+        numeric = numeric_gradient(meta_loss, theta)
         assert np.linalg.norm(g - numeric) < 1e-6 * np.linalg.norm(numeric), k
-        first_order = maml_gradient(model, theta, inner, test, alpha, first_order=True)
+        first_order = model.grad(adapt(model, theta, inner, SGD(alpha), weight_decay), *test)
         assert np.linalg.norm(g - first_order) > 1e-2 * np.linalg.norm(g)   # H terms matter
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda: SGD(0.05), lambda: Adam(0.01)])
-def test_fomaml_gradient_is_last_inner_gradient(model, rng, make_optimizer):
-    theta, batches = theta_of(model, rng), [batch(rng) for _ in range(4)]
-    _, grads = inner_loop(model, theta, batches, make_optimizer(), keep_grads=True)
-    g = fomaml_gradient(model, theta, batches, make_optimizer())
-    np.testing.assert_allclose(g, grads[-1], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(combination_gradient(grads, [0, 0, 0, 1]), g, rtol=1e-12)
+def test_inner_steps_record_each_step(model, rng):
+    """Step i holds phi_{i-1} (before weight decay), L_i and g_i at lambda phi_{i-1}, phi_i."""
+    theta, batches, lam, alpha = theta_of(model, rng), [batch(rng) for _ in range(3)], 0.8, 0.05
+    phi = theta
+    for (x, y), step in zip(batches, inner_steps(model, theta, batches, SGD(alpha), lam)):
+        loss, g = model.loss_and_grad(lam * phi, x, y)
+        np.testing.assert_array_equal(step.phi_prev, phi)
+        np.testing.assert_allclose(step.loss, loss, rtol=1e-14)
+        np.testing.assert_allclose(step.g, g, rtol=1e-14)
+        np.testing.assert_allclose(step.phi, lam * phi - alpha * g, rtol=1e-14)
+        phi = step.phi
 
 
-def test_reptile_with_sgd_is_sum_of_inner_gradients(model, rng):
-    """(theta - phi) / alpha = g_1 + ... + g_k (Eq. 40 before expanding)."""
+def test_first_order_updates_with_sgd(model, rng):
+    """With SGD: Reptile's Delta = -alpha sum_i g_i (Eq. 40 before expanding), FOMAML's
+    -alpha g_k, and a combination -alpha sum_i w_i g_i (section 6.2); the all-ones and
+    last-only combinations are Reptile and FOMAML."""
     alpha, theta, batches = 0.05, theta_of(model, rng), [batch(rng) for _ in range(4)]
-    phi, grads = inner_loop(model, theta, batches, SGD(alpha), keep_grads=True)
-    np.testing.assert_allclose((theta - phi) / alpha, combination_gradient(grads, [1] * 4),
-                               rtol=1e-9, atol=1e-10)
+    g = [s.g for s in inner_steps(model, theta, batches, SGD(alpha))]
+    reptile = task_update("reptile", model, theta, batches, SGD(alpha))[0]
+    fomaml = task_update("fomaml", model, theta, batches, SGD(alpha))[0]
+    np.testing.assert_allclose(reptile, -alpha * sum(g), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fomaml, -alpha * g[-1], rtol=1e-12, atol=1e-14)
+    w = [0.5, -1.0, 0.0, 2.0]
+    combo = task_update("combination", model, theta, batches, SGD(alpha), weights=w)[0]
+    np.testing.assert_allclose(combo, -alpha * sum(wi * gi for wi, gi in zip(w, g)),
+                               rtol=1e-9, atol=1e-12)
+    for weights, expected in (([1] * 4, reptile), ([0, 0, 0, 1], fomaml)):
+        got = task_update("combination", model, theta, batches, SGD(alpha), weights=weights)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda: SGD(0.05), lambda: Adam(0.01)])
-def test_batched_reptile_is_average_of_serial_tasks(model, rng, make_optimizer):
-    """Eq. (5) in one batched pass == Algorithm 1's inner loop run on each task alone."""
-    theta, epsilon = model.init(rng), 0.3
+def test_fomaml_with_adam_is_adams_last_step(model, rng):
+    """The paper's code: FOMAML's update is phi_k - last_backup, Adam's last step."""
+    theta, batches = theta_of(model, rng), [batch(rng) for _ in range(3)]
+    phi_prev = adapt(model, theta, batches[:-1], reference := Adam(0.01))
+    expected = reference.step(phi_prev, model.grad(phi_prev, *batches[-1])) - phi_prev
+    np.testing.assert_allclose(task_update("fomaml", model, theta, batches, Adam(0.01))[0],
+                               expected, rtol=1e-12, atol=1e-15)
+
+
+def test_maml_update_is_minus_alpha_g_maml(model, rng):
+    alpha, theta, batches = 0.1, theta_of(model, rng), [batch(rng) for _ in range(3)]
+    delta = task_update("maml", model, theta, batches, SGD(alpha))[0]
+    np.testing.assert_allclose(delta, -alpha * maml_gradient(model, theta, batches[:-1],
+                                                             batches[-1], alpha), rtol=1e-14)
+    with pytest.raises(ValueError, match="SGD"):
+        task_update("maml", model, theta, batches, Adam(0.1))
+
+
+@pytest.mark.parametrize("algo", ["reptile", "fomaml", "maml"])
+def test_batched_meta_update_is_the_average_of_tasks_alone(model, rng, algo):
+    """Eq. (5): one batched pass == each task alone (Algorithm 1's inner loop), then
+    theta + epsilon mean_i Delta_i; with SGD, sequential mode gives the same numbers."""
+    theta, epsilon, alpha = model.init(rng), 0.3, 0.05
     batches = [batch(rng) for _ in range(3)]
-    phis = inner_loop(model, tile(theta, T), batches, make_optimizer())
-    serial = [inner_loop(model, theta, [(x[i], y[i]) for x, y in batches], make_optimizer())
-              for i in range(T)]
-    expected = theta + epsilon * np.mean([phi - theta for phi in serial], axis=0)
-    np.testing.assert_allclose(reptile_update(theta, phis, epsilon), expected, rtol=1e-12)
-    g = meta_gradient("reptile", model, theta, batches, None, make_optimizer())
-    np.testing.assert_allclose(outer_step(theta, g, epsilon), expected, rtol=1e-12)
+    alone = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], SGD(alpha))[0]
+             for i in range(T)]
+    expected = theta + epsilon * np.mean(alone, axis=0)
+    for sequential in (False, True):
+        new, loss = meta_update(algo, model, theta, batches, SGD(alpha), epsilon,
+                                sequential=sequential)
+        np.testing.assert_allclose(new, expected, rtol=1e-12, atol=1e-14)
+        assert loss == pytest.approx(model.loss(tile(theta, T), *batches[0]).mean(), rel=1e-12)
+
+
+def test_sequential_adam_feeds_tasks_through_one_state(model, rng):
+    """--sequential: task i starts from the Adam state task i - 1 left (the paper's code)."""
+    theta, batches = model.init(rng), [batch(rng) for _ in range(2)]
+    delta, _ = task_updates("reptile", model, theta, batches, opt := Adam(0.01),
+                            sequential=True)
+    reference, expected = Adam(0.01), []
+    for i in range(T):
+        expected.append(adapt(model, theta, [(x[i], y[i]) for x, y in batches], reference)
+                        - theta)
+    np.testing.assert_allclose(delta, expected, rtol=1e-12, atol=1e-15)
+    assert opt.t == reference.t == 2 * T
+    np.testing.assert_allclose(opt.v, reference.v, rtol=1e-12)
+
+
+def test_outer_adam_treats_minus_delta_as_a_gradient(rng):
+    theta, delta = rng.normal(size=6), rng.normal(size=6)
+    np.testing.assert_allclose(outer_step(theta, delta, 0.5), theta + 0.5 * delta)
+    outer, reference = Adam(1.0, beta1=0.9), Adam(0.01, beta1=0.9)
+    np.testing.assert_allclose(outer_step(theta, delta, 0.01, outer),
+                               reference.step(theta, -delta), rtol=1e-14)
 
 
 def test_taylor_expansion_k2(model, rng):
@@ -93,9 +156,8 @@ def test_taylor_expansion_k2(model, rng):
     H1g2, H2g1 = model.hvp(theta, *b1, g2), model.hvp(theta, *b2, g1)
 
     def errors(alpha):
-        exact = {"maml": maml_gradient(model, theta, [b1], b2, alpha),
-                 "fomaml": fomaml_gradient(model, theta, [b1, b2], SGD(alpha)),
-                 "reptile": (theta - inner_loop(model, theta, [b1, b2], SGD(alpha))) / alpha}
+        exact = {a: -task_update(a, model, theta, [b1, b2], SGD(alpha))[0] / alpha
+                 for a in ("maml", "fomaml", "reptile")}
         taylor = {"maml": g2 - alpha * H2g1 - alpha * H1g2,          # Eq. (25)
                   "fomaml": g2 - alpha * H2g1,                       # Eq. (26)
                   "reptile": g1 + g2 - alpha * H2g1}                 # Eq. (27)
@@ -109,20 +171,21 @@ def test_taylor_expansion_k2(model, rng):
 
 
 def test_identities(model, rng):
-    """MAML with alpha = 0 or k = 0 is the plain test gradient; MAML's first-order option
-    is FOMAML with the test batch as its separate tail."""
+    """MAML with alpha = 0 or k = 0 is the plain test gradient; with alpha = 0 every
+    first-order update is zero."""
     theta, inner, test = theta_of(model, rng), [batch(rng) for _ in range(3)], batch(rng)
     plain = model.grad(theta, *test)
     np.testing.assert_allclose(maml_gradient(model, theta, inner, test, 0.0), plain, rtol=1e-12)
-    np.testing.assert_allclose(fomaml_gradient(model, theta, inner + [test], SGD(0.0)), plain,
-                               rtol=1e-12)
     np.testing.assert_allclose(maml_gradient(model, theta, [], test, 0.1), plain, rtol=1e-12)
-    np.testing.assert_allclose(maml_gradient(model, theta, inner, test, 0.1, first_order=True),
-                               fomaml_gradient(model, theta, inner + [test], SGD(0.1)),
-                               rtol=1e-12)
-    shared = theta[0]
-    np.testing.assert_allclose(
-        meta_gradient("maml", model, shared, inner, test, SGD(0.1)),
-        maml_gradient(model, tile(shared, T), inner, test, 0.1).mean(axis=0), rtol=1e-12)
+    for algo in ("reptile", "fomaml"):
+        assert not task_update(algo, model, theta, inner + [test], SGD(0.0))[0].any()
     assert linear_schedule(1.0, 0.2, 0, 10) == 1.0
     assert linear_schedule(1.0, 0.2, 5, 10) == pytest.approx(0.6)
+
+
+def test_bad_algorithm_and_weights_are_refused(model, rng):
+    theta, batches = theta_of(model, rng), [batch(rng) for _ in range(2)]
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        task_update("mamI", model, theta, batches, SGD(0.1))
+    with pytest.raises(ValueError, match="one weight per mini-batch"):
+        task_update("combination", model, theta, batches, SGD(0.1), weights=[1.0])

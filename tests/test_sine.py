@@ -9,6 +9,7 @@ from minireptile.cli import main
 from minireptile.models import mlp
 from minireptile.optim import Adam
 from minireptile.tasks import sine
+from minireptile.train import train_sine
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +38,9 @@ def test_meta_training_beats_random_init(algo, meta_step, outer):
     init's (the paper's Figure 1 in numbers)."""
     rng, model = backend.make_rng(0), mlp((1, 32, 32, 1), "tanh")
     theta0 = model.init(rng)
-    theta = sine.meta_train(model, theta0, rng, algo, meta_iters=300, inner_iters=5,
-                            inner_lr=0.02, meta_step=meta_step, meta_step_final=0.0,
-                            meta_batch=10, outer=outer and Adam(meta_step, beta1=0.9))
+    theta = train_sine(model, theta0, rng, algo, meta_iters=300, inner_iters=5, inner_lr=0.02,
+                       meta_step=meta_step, meta_step_final=0.0, meta_batch=10,
+                       outer=outer and Adam(meta_step, beta1=0.9))
     held_out = sine.sample(backend.make_rng(1), 100)
     meta = sine.adaptation_losses(model, theta, held_out, 0.02)[0]
     random = sine.adaptation_losses(model, theta0, held_out, 0.02)[0]
@@ -62,6 +63,8 @@ def test_command_writes_table(tmp_path, capsys):
     (["--meta-iters", "-1"], "--meta-iters must be at least 1"),
     (["--inner-lr", "0"], "--inner-lr must be a positive number"),
     (["--meta-step", "nan"], "--meta-step must be a non-negative number"),
+    (["--meta-step", "-0.5"], "--meta-step must be a non-negative number"),
+    (["--algo", "reptile", "--shared-tail"], "--shared-tail applies to --algo fomaml or maml"),
 ])
 def test_bad_input_is_one_line_error(flags, message, tmp_path, capsys):
     assert main(["sine", "--out", str(tmp_path)] + flags) == 2

@@ -3,6 +3,7 @@
 The real Omniglot data ships inside the package (minireptile/assets/omniglot.h5), so these
 tests always run on real data.
 """
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,10 +19,12 @@ from minireptile.cli import main
 from minireptile.cli.train import load_data
 from minireptile.data import sample_tasks
 from minireptile.errors import UserError
-from minireptile.evaluate import evaluate, query_batches
+from minireptile import backend
+from minireptile.evaluate import evaluate, query_batch
+from minireptile.meta import adapt, maml_gradient
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
-from minireptile.train import TrainConfig, meta_iteration, sample_meta_batch, train
+from minireptile.train import TrainConfig, meta_batch, meta_iteration, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--meta-iters", "12", "--meta-batch", "2", "--inner-iters", "2", "--train-shots", "2",
@@ -57,19 +60,74 @@ def test_short_run_learns_far_above_chance(omniglot):
     assert acc > 0.5 and acc > acc0 + 0.15, (acc, acc0)
 
 
-def test_batched_and_sequential_agree_exactly_with_sgd(omniglot):
-    """With SGD the batched meta-batch is exactly the paper's task-by-task loop."""
+@pytest.fixture
+def float64():
+    backend.set_backend("cpu", "float64")
+    yield
+    backend.set_backend("cpu", "float32")
+
+
+@pytest.mark.parametrize("tail", [0, 1, 2])
+def test_batched_and_sequential_agree_exactly_with_sgd(omniglot, float64, tail):
+    """With SGD the batched meta-batch is exactly the paper's task-by-task loop, for every
+    algorithm and every separate tail S = 1 .. train-shots - 1 (train-shots 3 here)."""
     model = omniglot_cnn(5, filters=8)
     theta = model.init(np.random.default_rng(0))
-    x, y = sample_meta_batch(omniglot, np.random.default_rng(1),
-                             TrainConfig(meta_batch=3, inner_iters=3, inner_batch=5,
-                                         train_shots=2))
-    x, y = x.astype(np.float64), y
-    for algo in ("reptile", "fomaml"):
-        out = [meta_iteration(model, theta, SGD(0.1), x, y, 0.7,
-                              TrainConfig(algo=algo, sgd=True, sequential=seq))[0]
+    for algo in ("reptile", "fomaml", "maml"):
+        cfg = TrainConfig(meta_batch=3, inner_iters=3, inner_batch=5, train_shots=3, algo=algo,
+                          sgd=True, foml_tail=0 if algo == "reptile" else tail)
+        batches = meta_batch(omniglot, np.random.default_rng(1), cfg)
+        out = [meta_iteration(model, theta, SGD(0.1), batches, 0.7,
+                              dataclasses.replace(cfg, sequential=seq))[0]
                for seq in (False, True)]
         np.testing.assert_allclose(out[0], out[1], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("algo, tail", [("fomaml", 0), ("fomaml", 1), ("fomaml", 4),
+                                        ("maml", 0), ("maml", 2)])
+def test_trainer_runs_the_core(omniglot, float64, tmp_path, algo, tail):
+    """One meta-iteration of ``train`` (the command's loop) equals the paper's definition
+    computed with meta.py's functions directly, on a reduced CNN:
+        FOMAML: theta + epsilon mean_i (phi_i,k - phi_i,k-1)   (shared or separate tail)
+        MAML:   theta - epsilon alpha mean_i g_MAML,i
+    The separate tail is the N*S images taken out of the task's train-shots."""
+    model, alpha, eps = omniglot_cnn(5, filters=8), 0.05, 0.7
+    cfg = TrainConfig(meta_iters=1, meta_batch=2, inner_iters=3, inner_batch=5, train_shots=5,
+                      algo=algo, foml_tail=tail, sgd=True, learning_rate=alpha, meta_step=eps,
+                      eval_interval=10, eval_samples=1)
+    rng = np.random.default_rng(cfg.seed)                       # what train() draws, in order
+    theta0 = model.init(rng)
+    batches = meta_batch(omniglot, rng, cfg)
+    assert len(batches) == 3 and batches[-1][0].shape[1] == (5 * tail if tail else 5)
+    deltas = []
+    for i in range(cfg.meta_batch):
+        task = [(x[i], y[i]) for x, y in batches]
+        if algo == "fomaml":
+            before = adapt(model, theta0, task[:-1], SGD(alpha))
+            deltas.append(adapt(model, before, task[-1:], SGD(alpha)) - before)
+        else:
+            deltas.append(-alpha * maml_gradient(model, theta0, task[:-1], task[-1], alpha))
+    expected = theta0 + eps * np.mean(deltas, axis=0)
+    theta, _ = train(model, omniglot, cfg, checkpoint_dir=str(tmp_path),
+                     stream=open(os.devnull, "w"))
+    np.testing.assert_allclose(theta, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_weight_decay_shrinks_theta_before_every_inner_step(omniglot, float64):
+    """--weight-decay lambda: Reptile's phi is the inner loop on lambda-scaled weights."""
+    model = omniglot_cnn(5, filters=8)
+    theta = model.init(np.random.default_rng(0))
+    cfg = TrainConfig(meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3, sgd=True,
+                      weight_decay=0.5)
+    batches = meta_batch(omniglot, np.random.default_rng(1), cfg)
+    new, _ = meta_iteration(model, theta, SGD(0.1), batches, 1.0, cfg)
+    phis = []
+    for i in range(2):
+        phi = theta
+        for x, y in batches:
+            phi = 0.5 * phi - 0.1 * model.grad(0.5 * phi, x[i], y[i])
+        phis.append(phi)
+    np.testing.assert_allclose(new, np.mean(phis, axis=0), rtol=1e-12, atol=1e-14)
 
 
 def test_adam_merge_equals_sequential_when_tasks_agree():
@@ -93,17 +151,29 @@ def test_adam_merge_equals_sequential_when_tasks_agree():
     np.testing.assert_allclose(bat.m, seq.m, rtol=1e-12)
 
 
-def test_transductive_and_not_differ_only_in_the_batches(omniglot):
-    """Non-transductive: each test sample joins the N*K training samples; transductive: the
-    N test samples form one batch. Same images, different batch-norm company."""
+def test_query_batch_is_the_shots_plus_one_test_sample(omniglot):
+    """Non-transductive: test sample j is classified in a batch with the N*K training
+    samples (row -1 is its own); transductive: the N test samples form one batch."""
     x, _, xq, _ = sample_tasks(omniglot, "test", np.random.default_rng(0), 3, 5, 2, 1)
-    nt = query_batches(x, xq, transductive=False)
-    tr = query_batches(x, xq, transductive=True)
-    assert nt.shape == (3, 5, 11, 28, 28, 1) and tr.shape == (3, 5, 28, 28, 1)
     for j in range(5):
-        np.testing.assert_array_equal(nt[:, j, :10], x)        # the training samples ...
-        np.testing.assert_array_equal(nt[:, j, 10], xq[:, j])  # ... plus test sample j
-    np.testing.assert_array_equal(tr, xq)
+        qb = query_batch(x, xq, j)
+        assert qb.shape == (3, 11, 28, 28, 1)
+        np.testing.assert_array_equal(qb[:, :10], x)
+        np.testing.assert_array_equal(qb[:, 10], xq[:, j])
+
+
+def test_test_scores_follow_the_evaluation_rule(omniglot):
+    """test_scores' non-transductive logits equal the model's output on each query batch's
+    last row; transductive ones its output on the N test samples together."""
+    from minireptile.evaluate import test_scores
+    model = omniglot_cnn(5, filters=8)
+    phi = np.stack([model.init(np.random.default_rng(i)) for i in range(3)]).astype(np.float32)
+    x, _, xq, _ = sample_tasks(omniglot, "test", np.random.default_rng(0), 3, 5, 2, 1)
+    scores = test_scores(model, phi, x, xq, transductive=False)
+    for j in range(5):
+        np.testing.assert_array_equal(scores[:, j], model.predict(phi, query_batch(x, xq, j))[:, -1])
+    np.testing.assert_array_equal(test_scores(model, phi, x, xq, True), model.predict(phi, xq))
+    assert not np.allclose(scores, model.predict(phi, xq))     # batch norm sees other company
 
 
 def test_evaluation_leaves_model_and_optimizer_unchanged(omniglot):
@@ -119,32 +189,55 @@ def test_evaluation_leaves_model_and_optimizer_unchanged(omniglot):
     np.testing.assert_array_equal(opt.v, before[3])
 
 
-def _run(ckpt, extra=()):
+BLOCKING_CHILD = """
+import sys, time
+import minireptile.train as t
+real, calls = t.meta_batch, []
+def meta_batch(*args):
+    calls.append(1)
+    if len(calls) == int(sys.argv[1]):      # iteration N is under way: let the parent stop us
+        print("READY", flush=True)
+        time.sleep(600)
+    return real(*args)
+t.meta_batch = meta_batch
+from minireptile.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run(ckpt, stop_at=0):
+    """The TINY training command in a child process; with stop_at, the child blocks at the
+    start of that iteration and prints READY (no race with the machine's speed)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "minireptile", "train", "omniglot",
-                             "--checkpoint", str(ckpt), *TINY, *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = ["train", "omniglot", "--checkpoint", str(ckpt), *TINY]
+    return subprocess.Popen([sys.executable, "-c", BLOCKING_CHILD, str(stop_at), *cmd],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_stopped_run_resumes_to_the_uninterrupted_parameters(tmp_path, sig):
-    """SIGKILL (after the first periodic checkpoint) or Ctrl-C (which saves one at a whole
-    iteration and exits 130): running the command again ends with exactly the parameters
-    and log of an uninterrupted run."""
+    """SIGKILL during iteration 8 (the checkpoint of iteration 6 is on disk) or Ctrl-C (which
+    saves one at iteration 7, the last whole one, and exits 130): running the command again
+    ends with exactly the parameters and log of an uninterrupted run."""
     full = _run(tmp_path / "full")
-    assert full.wait(timeout=300) == 0, full.stdout.read()
-    stopped = _run(tmp_path / "stopped")
-    ckpt = tmp_path / "stopped" / checkpoint.FILENAME
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+    stopped = _run(tmp_path / "stopped", stop_at=8)
+    lines = []
+    while not lines or lines[-1].strip() != "READY":
+        lines.append(stopped.stdout.readline())
+        assert lines[-1], "".join(lines)                  # the child ended before READY
     stopped.send_signal(sig)
-    code = stopped.wait(timeout=300)
+    code = stopped.wait(timeout=600)
+    rest = stopped.stdout.read()
     if sig == signal.SIGINT:
-        assert code == 130 and "interrupted" in stopped.stdout.read()
-    assert checkpoint.load(tmp_path / "stopped")[3] < 12, "the run ended before the signal"
+        assert code == 130 and "interrupted" in rest, rest
+    assert checkpoint.load(tmp_path / "stopped")[3] == (6 if sig == signal.SIGKILL else 7)
     resumed = _run(tmp_path / "stopped")
-    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    out = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, out
+    assert "resuming from iteration" in out
     a, b = (checkpoint.load(tmp_path / d)[0] for d in ("full", "stopped"))
     np.testing.assert_array_equal(a, b)
     logs = [checkpoint.read_log(tmp_path / d) for d in ("full", "stopped")]
@@ -156,6 +249,11 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["--data", str(tmp_path / "missing.h5")], "missing.h5"),
         (["--classes", "5000"], "5000-way"),
         (["--shots", "30", "--train-shots", "30"], "30 shots"),
+        (["--meta-step", "-1"], "--meta-step must be a non-negative number"),
+        (["--classes", "100", "--shots", "20"], "GiB of activations"),
+        (["--foml", "--foml-tail", "2"], "--foml-tail 2 must be below --train-shots (2)"),
+        (["--combination", "1,2"], "has 2 weights for --inner-iters"),
+        (["--combination", "sum", "--algo", "maml"], "drop --algo"),
     ]
     for extra, needle in cases:
         code, out, err = _cli(["train", "omniglot", *TINY, *extra], capsys)
@@ -182,9 +280,20 @@ def test_mismatched_checkpoint_is_refused(tmp_path, capsys):
     assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
     before = (folder / checkpoint.FILENAME).read_bytes()
     code, _, err = _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY,
-                         "--classes", "3"], capsys)
+                         "--classes", "3", "--inner-batch", "4"], capsys)
     assert code == 2 and "checkpoint of another run" in err
+    assert "classes 5 (now 3)" in err and "inner_batch 5 (now 4)" in err
     assert (folder / checkpoint.FILENAME).read_bytes() == before
+
+
+def test_finished_run_is_extended_by_a_larger_meta_iters(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
+    longer = [a if a != "12" else "15" for a in TINY]
+    code, out, err = _cli(["train", "omniglot", "--checkpoint", str(folder), *longer], capsys)
+    assert code == 0, err
+    assert "resuming from iteration 12" in out
+    assert checkpoint.load(folder)[3] == 15
 
 
 def test_divergence_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, capsys,
@@ -253,12 +362,13 @@ PAPER_COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(PAPER_COMMANDS))
 def test_paper_commands_parse_to_the_papers_settings(name):
-    """Flags keep the paper's meanings; flags a command leaves out take args.py's defaults
-    (so the 5-shot commands, which omit --shots, are 5-shot)."""
+    """Flags keep the paper's meanings; with --defaults paper the flags a command leaves out
+    take args.py's defaults (so the 5-shot commands, which omit --shots, are 5-shot)."""
     from minireptile.cli import build_parser
     from minireptile.cli.train import _config
     dataset = "omniglot" if name[0] == "o" else "miniimagenet"
-    args = build_parser().parse_args(["train", dataset, *PAPER_COMMANDS[name].split()])
+    args = build_parser().parse_args(["train", dataset, "--defaults", "paper",
+                                      *PAPER_COMMANDS[name].split()])
     cfg, paper = _config(args)
     cfg.validate()
     assert paper and cfg.algo == "reptile" and not cfg.sgd and cfg.meta_step == 1
@@ -269,14 +379,57 @@ def test_paper_commands_parse_to_the_papers_settings(name):
     assert args.checkpoint == "ckpt_" + name
 
 
+def test_one_flag_changes_only_that_flag_of_the_quick_run():
+    from minireptile.cli import build_parser
+    from minireptile.cli.train import _config
+    quick, _ = _config(build_parser().parse_args(["train", "omniglot"]))
+    cfg, paper = _config(build_parser().parse_args(["train", "omniglot", "--meta-iters", "7"]))
+    assert not paper and cfg == dataclasses.replace(quick, meta_iters=7)
+
+
+def test_run_prints_its_resolved_configuration(tmp_path, capsys):
+    """The first lines name every setting, as a command that reproduces the run."""
+    from minireptile.cli import build_parser
+    from minireptile.cli.train import _config
+    code, out, _ = _cli(["train", "omniglot", *TINY, "--checkpoint", str(tmp_path)], capsys)
+    resolved = out.splitlines()[1]
+    assert code == 0 and resolved.startswith("resolved: minireptile train omniglot ")
+    again, _ = _config(build_parser().parse_args(resolved.split()[2:]))
+    assert again == _config(build_parser().parse_args(["train", "omniglot", *TINY]))[0]
+
+
+def test_eval_seed_changes_the_tasks(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
+    per_task = []
+    for seed in ("0", "5", "5"):
+        out = tmp_path / f"r{seed}.json"
+        code, printed, _ = _cli(["eval", "--checkpoint", str(folder), "--eval-samples", "12",
+                                 "--split", "test", "--seed", seed, "--out", str(out)], capsys)
+        assert code == 0 and "eval test " in printed          # progress of the evaluation
+        import json
+        per_task.append(json.loads(out.read_text())["test"]["correct"])
+    assert per_task[1] == per_task[2] and per_task[0] != per_task[1]
+
+
+@pytest.mark.parametrize("flags", [["--foml", "--foml-tail", "1"],
+                                   ["--combination", "mean", "--sgd"],
+                                   ["--algo", "maml", "--sgd", "--foml-tail", "1"]])
+def test_other_algorithms_train_from_the_command_line(tmp_path, capsys, flags):
+    code, out, err = _cli(["train", "omniglot", *TINY, *flags, "--checkpoint",
+                           str(tmp_path)], capsys)
+    assert code == 0, err
+    assert np.isfinite(checkpoint.load(tmp_path)[0]).all() and "| test |" in out
+
+
 def test_paper_command_runs_on_miniimagenet_layout(tmp_path, capsys):
     """A paper Mini-ImageNet command, shortened, runs end to end on a packed fixture."""
     pytest.importorskip("PIL")
-    from test_data import make_miniimagenet
+    from conftest import make_miniimagenet
 
     from minireptile.data import pack_miniimagenet
     pack_miniimagenet(make_miniimagenet(tmp_path / "mini"), tmp_path / "m.h5")
-    args = ("--shots 1 --inner-batch 2 --inner-iters 2 --meta-step 1 --meta-batch 2 "
+    args = ("--defaults paper --shots 1 --inner-batch 2 --inner-iters 2 --meta-step 1 --meta-batch 2 "
             "--meta-iters 2 --eval-batch 2 --eval-iters 2 --learning-rate 0.001 "
             "--meta-step-final 0 --train-shots 2 --eval-samples 2 --classes 2").split()
     code, out, err = _cli(["train", "miniimagenet", "--data", str(tmp_path / "m.h5"), *args,

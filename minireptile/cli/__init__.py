@@ -4,27 +4,37 @@ Each module here has ``register(subparsers)``, which adds its sub-command(s) and
 ``func`` to a function taking the parsed arguments. Library code never sees argparse:
 these modules turn flags into keyword arguments.
 
-Bad input (``UserError``) is printed as one line and exits with status 2; Ctrl-C exits
-with status 130.
+Bad input (``UserError``) is printed as one line and exits with status 2. Ctrl-C exits with
+status 130 and SIGTERM with 143; both unwind as ``KeyboardInterrupt``, so a command cleans up
+(temporary files, a last checkpoint) the same way for either.
 """
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
-from .. import backend
+from .. import __version__, backend
+from ..checkpoint import interrupts_kept
 from ..errors import UserError
 
 COMMANDS = ("gradcheck", "data", "train", "sine")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, so that it unwinds like Ctrl-C."""
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minireptile",
         description="Reptile, first-order MAML and exact MAML in NumPy/CuPy "
-                    "(Nichol, Achiam, Schulman 2018, arXiv:1803.02999).")
+                    "(Nichol, Achiam, Schulman 2018, arXiv:1803.02999).",
+        epilog="`minireptile COMMAND --help` describes a command and its flags.")
+    parser.add_argument("--version", action="version", version=f"minireptile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
@@ -50,20 +60,55 @@ def _cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _threads(flag):
+    """The number of CPU threads: --threads N, else $MINIREPTILE_THREADS, else the CPUs."""
+    if flag is not None:
+        if flag < 1:
+            raise UserError(f"--threads {flag}: give a positive number of threads")
+        return flag
+    value = os.environ.get("MINIREPTILE_THREADS", "").strip()
+    if not value:
+        return _cpus()
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"MINIREPTILE_THREADS={value!r}: give a positive number of threads")
+    return int(value)
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises Terminated (on the main thread: only it gets signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "threads"):
-        backend.set_threads(args.threads or int(os.environ.get("MINIREPTILE_THREADS", "0"))
-                            or _cpus())
+    if args.command is None:                     # no sub-command: what there is to run
+        parser.print_help(sys.stderr)
+        return 2
     try:
-        return args.func(args) or 0
+        with _sigterm_as_interrupt(), interrupts_kept():
+            if hasattr(args, "threads"):
+                backend.set_threads(_threads(args.threads))
+            return args.func(args) or 0
     except UserError as exc:
         print(f"minireptile: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("minireptile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"minireptile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":

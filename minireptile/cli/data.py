@@ -4,6 +4,7 @@ import time
 
 from ..data import load_dataset, pack_miniimagenet, pack_omniglot
 from ..errors import UserError
+from ..progress import Progress
 
 
 def register(sub):
@@ -46,20 +47,17 @@ def register(sub):
 
 
 def run_pack(args):
-    start, line_open = time.perf_counter(), [False]
+    start = time.perf_counter()
+    bar = Progress(0, label="decoding images", unit="images", every=5.0)
 
-    def progress(done, total):                   # one line, rewritten in place
-        if done == total or done % 1000 == 0:
-            line_open[0] = done < total
-            print(f"\rdecoding images {done}/{total}", end="" if line_open[0] else "\n",
-                  file=sys.stderr, flush=True)
+    def progress(done, total):       # a terminal's line is redrawn, a log gets one every 5 s
+        bar.total = total            # which only the packer knows
+        bar.update(done, force=done == total)
 
     try:
         stats = _pack(args, progress)
-    except BaseException:
-        if line_open[0]:
-            print(file=sys.stderr)               # the error goes on its own line
-        raise
+    finally:
+        bar.close()                  # what follows (the summary or an error) gets its own line
     print(f"packed {stats['images']} images of {stats['classes']} classes "
           f"({stats['duplicates']} duplicates kept once) in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)

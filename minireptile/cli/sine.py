@@ -19,7 +19,9 @@ from ..errors import UserError
 from ..meta import ALGOS
 from ..models import mlp
 from ..optim import Adam
+from ..progress import Progress
 from ..tasks import sine
+from ..train import train_sine
 
 DEFAULTS = {  # algo: (meta_step, meta_step_final, outer optimizer)
     "reptile": (1.0, 0.0, "sgd"),
@@ -68,6 +70,8 @@ def check(args):
         if not np.isfinite(value) or value < 0 or (name == "inner_lr" and value == 0):
             kind = "positive" if name == "inner_lr" else "non-negative"
             raise UserError(f"--{name.replace('_', '-')} must be a {kind} number, got {value}")
+    if args.shared_tail and args.algo == "reptile":
+        raise UserError("--shared-tail applies to --algo fomaml or maml (Reptile has no tail)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
 
@@ -101,9 +105,9 @@ def run(args):
 def train(model, theta, rng, args):
     """Meta-train with progress shown; returns (theta, seconds)."""
     valid = sine.sample(backend.make_rng((args.seed, 2)), 25)
-    progress = Progress(args.meta_iters, lambda theta: validate(model, theta, valid, args))
+    progress = Validated(args.meta_iters, lambda theta: validate(model, theta, valid, args))
     start = time.perf_counter()
-    theta = sine.meta_train(
+    theta = train_sine(
         model, theta, rng, args.algo, args.meta_iters, args.inner_iters, args.inner_lr,
         args.meta_step, args.meta_step_final, args.meta_batch,
         outer=Adam(args.meta_step, beta1=0.9) if args.outer == "adam" else None,
@@ -128,29 +132,21 @@ def validate(model, theta, tasks, args):
     return loss
 
 
-class Progress:
-    """Iteration, rate, time left and a validation loss: one line redrawn on a tty, else
-    a plain line every 5% of the run. ``loss(theta)`` is evaluated 21 times (at 1, 5%, ...)."""
+class Validated:
+    """Progress with a validation loss, ``loss(theta)``, evaluated every 5% of the run."""
 
     def __init__(self, total, loss, stream=None):
-        self.total, self.loss, self.stream = total, loss, stream or sys.stderr
-        self.tty, self.every = self.stream.isatty(), max(1, total // 20)
-        self.start, self.drawn = time.perf_counter(), 0.0
+        self.progress = Progress(total, stream=stream or sys.stderr, every=5.0)
+        self.total, self.loss, self.every = total, loss, max(1, total // 20)
 
     def __call__(self, i, theta):
-        now, due = time.perf_counter(), i % self.every == 0 or i in (1, self.total)
+        due = i % self.every == 0 or i in (1, self.total)
         if due:
             self.last = self.loss(theta)
-        if due or (self.tty and now - self.drawn > 0.2):
-            self.drawn, rate = now, i / (now - self.start)
-            line = (f"iter {i}/{self.total}  {rate:.0f} it/s  {(self.total - i) / rate:.0f} s "
-                    f"left  validation loss after adaptation {self.last:.3f}")
-            self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
-            self.stream.flush()
+        self.progress.update(i, f"validation loss after adaptation {self.last:.3f}", force=due)
 
     def close(self):
-        if self.tty:
-            self.stream.write("\n")
+        self.progress.close()
 
 
 def table(results, steps, n):

@@ -1,9 +1,10 @@
 """``minireptile train``, ``eval`` and ``plot``: few-shot meta-training (section 6.1).
 
 The paper's flags keep their names and meanings, so its README's commands run unchanged
-after ``minireptile train omniglot`` (or ``miniimagenet``). Defaults: with none of the
-paper's flags given, the quick embedded-Omniglot run (5-way 1-shot, minutes on 2 cores);
-once any is given, every other flag takes supervised-reptile's args.py default.
+after ``minireptile train omniglot --defaults paper`` (or ``miniimagenet``). Defaults: every
+flag left out takes the quick embedded-Omniglot run's value (5-way 1-shot, minutes on 2
+cores), so changing one flag changes only that one; ``--defaults paper`` gives every flag
+left out supervised-reptile's args.py default instead (what the paper's commands assume).
 """
 import argparse
 import dataclasses
@@ -58,7 +59,12 @@ def register(sub):
                    help="meta-algorithm (default reptile; maml is exact and needs --sgd)")
     p.add_argument("--foml", action="store_true", help="the paper's spelling of --algo fomaml")
     p.add_argument("--foml-tail", type=int, default=None, metavar="SHOTS",
-                   help="FOMAML's separate tail: a final mini-batch of SHOTS new shots per class")
+                   help="FOMAML's separate tail: SHOTS of every class's --train-shots are kept "
+                        "out of the first k - 1 mini-batches and form the last one")
+    p.add_argument("--combination", default=None, metavar="W",
+                   help="first-order meta-gradient sum_i w_i g_i of the inner gradients "
+                        "(section 6.2): last (FOMAML), sum (Reptile), mean, or k numbers "
+                        "w1,...,wk; use with --sgd for the paper's Figure 3")
     p.add_argument("--sgd", action="store_true", default=None,
                    help="SGD in the inner loop instead of Adam (beta1 = 0)")
     p.add_argument("--sequential", action="store_true", default=None,
@@ -66,10 +72,10 @@ def register(sub):
                         "exactly as the paper's code (default: one batched pass)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no rotated copies of the training classes (Omniglot has them)")
-    p.add_argument("--defaults", choices=("auto", "quick", "paper"), default="auto",
-                   help="values of the flags not given: quick (the embedded quick run), "
-                        "paper (supervised-reptile's args.py), or auto (default): paper as "
-                        "soon as any of the paper's flags is given, quick otherwise")
+    p.add_argument("--defaults", choices=("quick", "paper"), default="quick",
+                   help="values of the flags not given: quick (default; the embedded quick "
+                        "run) or paper (supervised-reptile's args.py, which the paper's "
+                        "commands assume: e.g. --shots 5, --eval-samples 10000)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="checkpoint folder: resumed if it holds one, written every "
                         "--checkpoint-interval iterations and on Ctrl-C")
@@ -79,7 +85,7 @@ def register(sub):
                    help="skip training: evaluate the model in --checkpoint")
     p.add_argument("--eval-tasks-during", type=int, default=None, metavar="N",
                    help=f"tasks per split in each quick evaluation (default "
-                        f"{d.eval_tasks_during}; 1 once a paper flag is given)")
+                        f"{d.eval_tasks_during}; 1 with --defaults paper)")
     p.add_argument("--out", metavar="FILE.json", help="write the final results as JSON here "
                    "(default: results.json in --checkpoint when given)")
     add_device_flags(p)
@@ -88,7 +94,7 @@ def register(sub):
     e = sub.add_parser("eval", help="evaluate a checkpoint on train and test classes",
                        description="Few-shot accuracy of a trained checkpoint: fine-tune on "
                                    "the K shots, classify one held-out sample per class "
-                                   "(section 6.1); mean and 95%% interval.")
+                                   "(section 6.1); mean and 95% interval.")
     e.add_argument("--checkpoint", metavar="DIR", required=True, help="a training folder")
     e.add_argument("--data", metavar="FILE.h5", help="packed dataset (default: embedded "
                    "Omniglot for an Omniglot checkpoint)")
@@ -96,9 +102,11 @@ def register(sub):
         e.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                        help="default: the checkpoint's")
     e.add_argument("--transductive", action="store_true", help="transductive evaluation")
+    e.add_argument("--split", choices=("train", "test", "both"), default="both",
+                   help="classes to evaluate on (default both)")
     e.add_argument("--out", metavar="FILE.json", help="write the results as JSON here")
     add_device_flags(e)
-    e.set_defaults(func=run_eval)
+    e.set_defaults(func=run_eval, seed=None)   # --seed: the checkpoint's unless given
 
     pl = sub.add_parser("plot", help="draw a training folder's learning curve (matplotlib)")
     pl.add_argument("checkpoint", metavar="DIR")
@@ -108,17 +116,39 @@ def register(sub):
 
 
 def _config(args):
-    """TrainConfig from flags: quick defaults, or args.py's once any paper flag is given."""
+    """TrainConfig from flags: the quick defaults, or args.py's with --defaults paper."""
     from ..train import PAPER_DEFAULTS, TrainConfig
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
-    paper = any(name in given for name, _, _ in PAPER_FLAGS) or "replacement" in given
-    paper = paper if args.defaults == "auto" else args.defaults == "paper"
+    paper = args.defaults == "paper"
     base = dict(PAPER_DEFAULTS) if paper else {}
     if args.foml:
+        if given.get("algo", "fomaml") != "fomaml":
+            raise UserError(f"--foml and --algo {given['algo']} disagree")
         given["algo"] = "fomaml"
+    if args.combination is not None:
+        if "algo" in given:
+            raise UserError("--combination is its own first-order algorithm (section 6.2); "
+                            "drop --algo/--foml")
+        given["algo"] = "combination"
     given.update(dataset=args.dataset, transductive=args.transductive)
     return TrainConfig(**{**base, **given}), paper
+
+
+def command_line(dataset, cfg, extra=()):
+    """The full command that reproduces cfg, every setting spelled out."""
+    skip = {"dataset", "transductive"}
+    flags = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in skip or value is False or value == "":
+            continue
+        name = "--no-augment" if f.name == "augment" else "--" + f.name.replace("_", "-")
+        flags.append(name if value is True or f.name == "augment" else f"{name} {value}")
+    flags = [f for f in flags if f != "--no-augment" or not cfg.augment]
+    if cfg.transductive:
+        flags.append("--transductive")
+    return " ".join(["minireptile train", dataset, *flags, *extra])
 
 
 def load_data(path, dataset):
@@ -140,23 +170,33 @@ def build_model(dataset, classes):
     return (omniglot_cnn if dataset == "omniglot" else miniimagenet_cnn)(classes)
 
 
-def final_evaluation(model, theta, optimizer, ds, cfg, stream):
-    """Accuracy on train and test classes over cfg.eval_samples tasks, as a dict."""
+def final_evaluation(model, theta, optimizer, ds, cfg, stream, seed=None,
+                     splits=("train", "test")):
+    """Accuracy over cfg.eval_samples tasks of each split, as a dict; progress on stream.
+
+    Per split: mean accuracy, its 95% interval, seconds, and the test samples each task got
+    right ("correct", one count out of N per task).
+
+    The tasks come from a generator seeded with (seed, 2^31), seed defaulting to cfg.seed.
+    """
     from ..evaluate import evaluate
-    rng = np.random.default_rng([cfg.seed, 2 ** 31])
+    seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng([seed, 2 ** 31])
     results = {"classes": cfg.classes, "shots": cfg.shots, "transductive": cfg.transductive,
-               "eval_samples": cfg.eval_samples, "eval_iters": cfg.eval_iters}
-    for split in ("train", "test"):
+               "eval_samples": cfg.eval_samples, "eval_iters": cfg.eval_iters, "seed": seed}
+    for split in splits:
         t0 = time.time()
-        mean, half, _ = evaluate(model, theta, optimizer, ds, split, rng, cfg.classes,
-                                 cfg.shots, cfg.eval_batch, cfg.eval_iters, cfg.eval_samples,
-                                 cfg.transductive, cfg.replacement, cfg.weight_decay)
-        results[split] = {"accuracy": mean, "ci95": half, "seconds": time.time() - t0}
+        mean, half, acc = evaluate(model, theta, optimizer, ds, split, rng, cfg.classes,
+                                   cfg.shots, cfg.eval_batch, cfg.eval_iters,
+                                   cfg.eval_samples, cfg.transductive, cfg.replacement,
+                                   cfg.weight_decay, stream=stream)
+        results[split] = {"accuracy": mean, "ci95": half, "seconds": time.time() - t0,
+                          "correct": [int(round(a * cfg.classes)) for a in acc]}
     mode = "transductive" if cfg.transductive else "non-transductive"
     print(f"\n{cfg.classes}-way {cfg.shots}-shot, {mode}, {cfg.eval_samples} tasks per split",
           file=stream)
     print("| classes | accuracy | 95% interval |\n| --- | --- | --- |", file=stream)
-    for split in ("train", "test"):
+    for split in splits:
         r = results[split]
         print(f"| {split} | {100 * r['accuracy']:.2f}% | +/- {100 * r['ci95']:.2f}% |",
               file=stream)
@@ -181,7 +221,8 @@ def run_train(args):
     print(f"minireptile train {args.dataset}: {cfg.algo}, {cfg.classes}-way {cfg.shots}-shot, "
           f"{cfg.meta_iters} meta-iterations of {cfg.meta_batch} tasks x {cfg.inner_iters} "
           f"steps, device {backend.device()} ({'paper' if paper else 'quick'} defaults), "
-          f"data {ds.path}", file=stream, flush=True)
+          f"data {ds.path}", file=stream)
+    print("resolved: " + command_line(args.dataset, cfg), file=stream, flush=True)
     t0 = time.time()
     if args.pretrained:
         theta, optimizer = load_trained(args.checkpoint, cfg)
@@ -190,7 +231,8 @@ def run_train(args):
     train_seconds = time.time() - t0
     results = final_evaluation(model, theta, optimizer, ds, cfg, stream)
     results.update(train_seconds=train_seconds, total_seconds=time.time() - t0,
-                   config=dataclasses.asdict(cfg), device=backend.device())
+                   config=dataclasses.asdict(cfg), device=backend.device(),
+                   command=command_line(args.dataset, cfg))
     print(f"training {train_seconds:.0f} s, total {time.time() - t0:.0f} s", file=stream)
     out = args.out or (os.path.join(args.checkpoint, "results.json") if args.checkpoint
                        else None)
@@ -224,13 +266,18 @@ def run_eval(args):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.transductive = args.transductive
+    cfg.validate()
     ds = load_data(args.data, cfg.dataset)
     model = build_model(cfg.dataset, cfg.classes)
     theta, optimizer = load_trained(args.checkpoint, cfg)
     if theta.shape != (model.num_params,):
         raise UserError(f"{args.checkpoint}: theta has {theta.shape[-1]} parameters, the "
                         f"{cfg.dataset} model {model.num_params}")
-    results = final_evaluation(model, theta, optimizer, ds, cfg, sys.stdout)
+    splits = ("train", "test") if args.split == "both" else (args.split,)
+    results = final_evaluation(model, theta, optimizer, ds, cfg, sys.stdout, seed=args.seed,
+                               splits=splits)
+    results.update(checkpoint=args.checkpoint, iteration=checkpoint.load(args.checkpoint)[3],
+                   command=" ".join(["minireptile", *sys.argv[1:]]))
     if args.out:
         _write_json(args.out, results)
 

@@ -18,10 +18,10 @@ The paper's code reads image folders (Section 6.1, "few-shot classification"); p
 once into this file makes loading a dataset one read of a few MB to a few GB.
 """
 import os
-import tempfile
 
 import numpy as np
 
+from ..checkpoint import atomic_path
 from ..errors import UserError
 
 FORMAT = "minireptile-dataset"
@@ -41,28 +41,26 @@ def write_dataset(path, images, offsets, class_names, image_names, splits, attrs
     images: uint8 (N, H, W, C) sorted by class; offsets: (M + 1,) class boundaries;
     class_names: M strings; image_names: N strings; splits: {"train": [...], "test": [...]}
     class indices; attrs: extra root attributes (kind, source, split_seed, ...).
-    A failure (or Ctrl-C) removes the temporary file and leaves any existing `path` untouched.
-    Datasets are chunked and gzip-compressed, without timestamps, so packing the same input
-    twice gives byte-identical files.
+    A failure (or Ctrl-C, or SIGTERM under the CLI) removes the temporary file and leaves any
+    existing `path` untouched; temporary files of killed earlier writes to `path` are removed
+    (``checkpoint.atomic_path``). Datasets are chunked and gzip-compressed, without timestamps,
+    so packing the same input twice gives byte-identical files.
     """
     h5py = _h5py()
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{path}: output folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give the file to write, e.g. "
+                        f"{os.path.join(path, attrs.get('kind', 'dataset') + '.h5')}")
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             _fill(f, images, offsets, class_names, image_names, splits, attrs,
                   compression_level, chunk_images)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                  # mkstemp made it private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    except OSError as exc:                       # no permission, disk full
+        reason = str(exc).split("\n")[0]
+        raise UserError(f"{path}: cannot write it ({reason})") from None
 
 
 def _fill(f, images, offsets, class_names, image_names, splits, attrs, level, chunk_images):

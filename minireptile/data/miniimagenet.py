@@ -112,4 +112,3 @@ def _claim(owner, wnid, split, source):
     if wnid in owner:
         raise UserError(f"{source}: class {wnid} is in both '{owner[wnid]}' and '{split}'")
     owner[wnid] = split
-

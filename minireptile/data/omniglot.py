@@ -24,6 +24,17 @@ from .images import decode, pillow, read_bytes
 SIZE = 28
 
 
+def embedded_omniglot():
+    """The path of the Omniglot dataset shipped in the package: minireptile/assets/omniglot.h5.
+
+    All 1623 characters (32460 images, 28x28), the paper's split (1200 train, seed 0), packed
+    by ``pack_omniglot`` from images_background.zip and images_evaluation.zip; read it with
+    ``load_dataset(embedded_omniglot())``.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "assets", "omniglot.h5")
+
+
 def pack_omniglot(sources, output, seed=0, num_train=1200, train_fraction=None,
                   split_by="character", progress=None):
     """Pack Omniglot archives (zips or folders, several at once) into `output`.

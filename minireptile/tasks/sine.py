@@ -1,4 +1,4 @@
-"""The sine-wave regression tasks of section 4 (Figure 1), and their meta-training loop.
+"""The sine-wave regression tasks of section 4 (Figure 1).
 
     task tau = (a, b):  f(x) = a sin(x + b),   a ~ U[0.1, 5.0],   b ~ U[0, 2 pi]
     the learner sees p = 10 points x_1..x_p ~ U[-5, 5] and their values f(x_j)
@@ -6,14 +6,15 @@
     spaced points (as their mean: the MSE of ``losses.py``)
 
 Random numbers come from the run's host generator (``backend.make_rng``), so both
-backends see the same tasks; arrays go to the device in the selected dtype.
+backends see the same tasks; arrays go to the device in the selected dtype. Meta-training
+on them is ``train.train_sine``.
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import dtype, to_device
-from ..meta import linear_schedule, meta_gradient, outer_step, tile
+from ..meta import inner_steps, tile
 from ..optim import SGD
 
 AMPLITUDE = (0.1, 5.0)
@@ -56,34 +57,13 @@ def adaptation_losses(model, theta, tasks, alpha, steps=EVAL_STEPS):
     """Mean loss (Eq. 8) over the tasks after s test-time SGD steps on their p points.
 
     theta: (P,); alpha: the SGD step size. Returns ({s: mean loss} for s in steps, phi)
-    with phi (n, P) the weights after max(steps) steps.
+    with phi (n, P) the weights after max(steps) steps (``meta.inner_steps``).
     """
-    phi, losses = tile(theta, len(tasks.amplitude)), {}
-    for s in range(max(steps) + 1):
+    phi = tile(theta, len(tasks.amplitude))
+    losses = {0: float(model.loss(phi, *tasks.test).mean())} if 0 in steps else {}
+    for s, step in enumerate(inner_steps(model, phi, [tasks.train] * max(steps), SGD(alpha)),
+                             start=1):
+        phi = step.phi
         if s in steps:
             losses[s] = float(model.loss(phi, *tasks.test).mean())
-        if s < max(steps):
-            phi = phi - alpha * model.grad(phi, *tasks.train)
     return losses, phi
-
-
-def meta_train(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_step,
-               meta_step_final, meta_batch, outer=None, shared_tail=False, callback=None):
-    """Meta-train theta (P,) on sine tasks: meta_iters outer steps of meta_batch tasks.
-
-    Each task's k = inner_iters inner SGD steps use its p points (full batch); FOMAML and
-    MAML then take the gradient of the grid loss (separate tail; shared_tail: the p points
-    again). epsilon is annealed linearly from meta_step to meta_step_final; outer: None
-    (theta - epsilon g, Eq. 5 for Reptile) or an optimizer such as Adam.
-    callback(iteration, theta) runs after every outer step. Returns theta.
-    """
-    optimizer = SGD(inner_lr)
-    for i in range(meta_iters):
-        tasks = sample(rng, meta_batch)
-        tail = tasks.train if shared_tail else tasks.test
-        g = meta_gradient(algo, model, theta, [tasks.train] * inner_iters, tail, optimizer)
-        epsilon = linear_schedule(meta_step, meta_step_final, i, meta_iters)
-        theta = outer_step(theta, g, epsilon, outer)
-        if callback is not None:
-            callback(i + 1, theta)
-    return theta
