@@ -20,7 +20,8 @@ from .backend import dtype, get_xp, to_device, to_host
 from .data.batches import gather
 from .data.sampler import inner_batches, sample_tasks
 from .errors import UserError
-from .meta import adapt
+from .meta import adapt, inner_steps, tile
+from .optim import SGD
 from .progress import Progress
 
 MEMORY_BUDGET = 1 << 30     # bytes of activations one evaluation pass may hold (1 GiB)
@@ -97,3 +98,20 @@ def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, ev
         progress.close()
     acc = np.concatenate(correct)
     return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc))), acc
+
+
+def adaptation_losses(model, theta, tasks, alpha, steps=(0, 1, 2, 4, 8, 16, 32)):
+    """Sine regression (section 4, Figure 1): mean loss (Eq. 8) over the tasks after s
+    test-time SGD steps on their p points.
+
+    theta: (P,); alpha: the SGD step size. Returns ({s: mean loss} for s in steps, phi)
+    with phi (n, P) the weights after max(steps) steps (``meta.inner_steps``).
+    """
+    phi = tile(theta, len(tasks.amplitude))
+    losses = {0: float(model.loss(phi, *tasks.test).mean())} if 0 in steps else {}
+    for s, step in enumerate(inner_steps(model, phi, [tasks.train] * max(steps), SGD(alpha)),
+                             start=1):
+        phi = step.phi
+        if s in steps:
+            losses[s] = float(model.loss(phi, *tasks.test).mean())
+    return losses, phi

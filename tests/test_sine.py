@@ -6,6 +6,7 @@ import pytest
 
 from minireptile import backend
 from minireptile.cli import main
+from minireptile.evaluate import adaptation_losses
 from minireptile.models import mlp
 from minireptile.optim import Adam
 from minireptile.tasks import sine
@@ -42,8 +43,8 @@ def test_meta_training_beats_random_init(algo, meta_step, outer):
                        meta_step=meta_step, meta_step_final=0.0, meta_batch=10,
                        outer=outer and Adam(meta_step, beta1=0.9))
     held_out = sine.sample(backend.make_rng(1), 100)
-    meta = sine.adaptation_losses(model, theta, held_out, 0.02)[0]
-    random = sine.adaptation_losses(model, theta0, held_out, 0.02)[0]
+    meta = adaptation_losses(model, theta, held_out, 0.02)[0]
+    random = adaptation_losses(model, theta0, held_out, 0.02)[0]
     assert meta[32] < 0.6 * random[32], (meta, random)
 
 

@@ -20,7 +20,7 @@ from .. import __version__, backend
 from ..checkpoint import interrupts_kept
 from ..errors import UserError
 
-COMMANDS = ("gradcheck", "data", "train", "sine")
+COMMANDS = ("gradcheck", "data", "train", "sine", "demo")
 
 
 class Terminated(KeyboardInterrupt):

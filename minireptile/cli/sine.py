@@ -16,6 +16,7 @@ import numpy as np
 from . import add_device_flags
 from .. import backend
 from ..errors import UserError
+from ..evaluate import adaptation_losses
 from ..meta import ALGOS
 from ..models import mlp
 from ..optim import Adam
@@ -89,7 +90,7 @@ def run(args):
     theta, seconds = train(model, theta0, rng, args)
     held_out = sine.sample(backend.make_rng((args.seed, 1)), args.eval_tasks)
     steps = eval_steps(args.eval_iters)
-    results = {name: sine.adaptation_losses(model, th, held_out, args.inner_lr, steps)
+    results = {name: adaptation_losses(model, th, held_out, args.inner_lr, steps)
                for name, th in ((args.algo, theta), ("random", theta0))}
     print(table(results, steps, args.eval_tasks))
     print(f"meta-training: {args.meta_iters} iterations in {seconds:.1f} s "
@@ -124,7 +125,7 @@ def eval_steps(n):
 
 def validate(model, theta, tasks, args):
     """Mean loss after the test-time steps on a few fixed tasks; a UserError once it is NaN."""
-    loss = sine.adaptation_losses(model, theta, tasks, args.inner_lr, (args.eval_iters,))[0]
+    loss = adaptation_losses(model, theta, tasks, args.inner_lr, (args.eval_iters,))[0]
     loss = loss[args.eval_iters]
     if not np.isfinite(loss):
         raise UserError(f"meta-training diverged (validation loss {loss}); lower --meta-step "

@@ -7,22 +7,19 @@
 
 Random numbers come from the run's host generator (``backend.make_rng``), so both
 backends see the same tasks; arrays go to the device in the selected dtype. Meta-training
-on them is ``train.train_sine``.
+on them is ``train.train_sine``, evaluation ``evaluate.adaptation_losses``.
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import dtype, to_device
-from ..meta import inner_steps, tile
-from ..optim import SGD
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, 2 * np.pi)
 X_RANGE = (-5.0, 5.0)
 POINTS = 10            # p, the points the learner sees
 GRID = 50              # points of the loss's grid
-EVAL_STEPS = (0, 1, 2, 4, 8, 16, 32)
 
 
 class SineTasks(NamedTuple):
@@ -51,19 +48,3 @@ def sample(rng, n, points=POINTS):
     def pair(x):
         return to_device(x, dtype()), to_device(sine(a, b, x), dtype())
     return SineTasks(a, b, pair(x), pair(grid(n)))
-
-
-def adaptation_losses(model, theta, tasks, alpha, steps=EVAL_STEPS):
-    """Mean loss (Eq. 8) over the tasks after s test-time SGD steps on their p points.
-
-    theta: (P,); alpha: the SGD step size. Returns ({s: mean loss} for s in steps, phi)
-    with phi (n, P) the weights after max(steps) steps (``meta.inner_steps``).
-    """
-    phi = tile(theta, len(tasks.amplitude))
-    losses = {0: float(model.loss(phi, *tasks.test).mean())} if 0 in steps else {}
-    for s, step in enumerate(inner_steps(model, phi, [tasks.train] * max(steps), SGD(alpha)),
-                             start=1):
-        phi = step.phi
-        if s in steps:
-            losses[s] = float(model.loss(phi, *tasks.test).mean())
-    return losses, phi
