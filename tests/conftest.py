@@ -6,6 +6,12 @@ generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folder
 import numpy as np
 import pytest
 
+from minireptile import backend
+
+# One BLAS thread, as the command line sets it: OpenBLAS's own threads spin while they wait,
+# and on a busy machine that makes in-process training many times slower.
+backend.set_threads(1)
+
 
 def _cupy_or_reason():
     """(cupy, None) when CuPy imports and sees a GPU, else (None, why not)."""

@@ -24,7 +24,7 @@ from minireptile.evaluate import evaluate, query_batch
 from minireptile.meta import adapt, maml_gradient
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
-from minireptile.train import TrainConfig, meta_batch, meta_iteration, train
+from minireptile.train import TrainConfig, meta_batch, meta_iteration, task_rngs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--meta-iters", "12", "--meta-batch", "2", "--inner-iters", "2", "--train-shots", "2",
@@ -43,6 +43,7 @@ def _cli(args, capsys):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_short_run_learns_far_above_chance(omniglot):
     """200 Reptile meta-iterations of the paper's 5-way setting (1-shot evaluation).
 
@@ -95,9 +96,8 @@ def test_trainer_runs_the_core(omniglot, float64, tmp_path, algo, tail):
     cfg = TrainConfig(meta_iters=1, meta_batch=2, inner_iters=3, inner_batch=5, train_shots=5,
                       algo=algo, foml_tail=tail, sgd=True, learning_rate=alpha, meta_step=eps,
                       eval_interval=10, eval_samples=1)
-    rng = np.random.default_rng(cfg.seed)                       # what train() draws, in order
-    theta0 = model.init(rng)
-    batches = meta_batch(omniglot, rng, cfg)
+    theta0 = model.init(np.random.default_rng(cfg.seed))       # what train() draws
+    batches = meta_batch(omniglot, task_rngs(cfg.seed, 0, range(cfg.meta_batch)), cfg)
     assert len(batches) == 3 and batches[-1][0].shape[1] == (5 * tail if tail else 5)
     deltas = []
     for i in range(cfg.meta_batch):
@@ -190,7 +190,8 @@ def test_evaluation_leaves_model_and_optimizer_unchanged(omniglot):
 
 
 BLOCKING_CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with it ignored
 import minireptile.train as t
 real, calls = t.meta_batch, []
 def meta_batch(*args):
@@ -216,11 +217,11 @@ def _run(ckpt, stop_at=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_stopped_run_resumes_to_the_uninterrupted_parameters(tmp_path, sig):
-    """SIGKILL during iteration 8 (the checkpoint of iteration 6 is on disk) or Ctrl-C (which
-    saves one at iteration 7, the last whole one, and exits 130): running the command again
-    ends with exactly the parameters and log of an uninterrupted run."""
+    """SIGKILL during iteration 8 (the checkpoint of iteration 6 is on disk), or Ctrl-C or
+    SIGTERM (which save one at iteration 7, the last whole one, and exit 130 or 143): running
+    the command again ends with exactly the parameters and log of an uninterrupted run."""
     full = _run(tmp_path / "full")
     assert full.wait(timeout=600) == 0, full.stdout.read()
     stopped = _run(tmp_path / "stopped", stop_at=8)
@@ -231,8 +232,8 @@ def test_stopped_run_resumes_to_the_uninterrupted_parameters(tmp_path, sig):
     stopped.send_signal(sig)
     code = stopped.wait(timeout=600)
     rest = stopped.stdout.read()
-    if sig == signal.SIGINT:
-        assert code == 130 and "interrupted" in rest, rest
+    if sig != signal.SIGKILL:
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], rest
     assert checkpoint.load(tmp_path / "stopped")[3] == (6 if sig == signal.SIGKILL else 7)
     resumed = _run(tmp_path / "stopped")
     out = resumed.stdout.read()

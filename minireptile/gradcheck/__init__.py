@@ -1,20 +1,10 @@
 """Finite-difference verification of every pass, and of the meta-gradients built on them.
 
 For each layer, loss and whole model, in float64, with central differences (h = 1e-5):
-
-    backward    dx, dw  vs  (f(. + h e_i) - f(. - h e_i)) / 2h, f = sum(dy * forward)
-    R-forward   R{y}    vs  (forward(x + h rx, w + h rw) - forward(x - h rx, w - h rw)) / 2h
-    R-backward  R{dx}, R{dw}  vs  the same difference of backward (dy moved by h rdy too)
-    model grad          vs  differences of the loss (every coordinate, or random directions)
-    model hvp    H v    vs  (grad(theta + h v) - grad(theta - h v)) / 2h
-    symmetry            u.(H v) == v.(H u)
-    batched             T tasks in one call == T separate calls
-
-Relative error is max|a - b| / max(max|a|, max|b|, tiny), taken per output array; a check
-passes below 1e-6. Inputs stay off kinks, where the function has no derivative and
-differences would disagree with any formula: layer inputs |x| > 0.1 for ReLU and a
-shuffled arange (no ties) for pooling; a model's (theta, x) is re-drawn until its ReLU
-inputs and its pooling windows' top-two gaps exceed 1e-4.
+backward passes against differences of the output, R-passes and Hessian-vector products
+against differences of the backward pass, the symmetry u.(H v) == v.(H u), and T tasks in
+one batched call against T separate calls (``gradcheck/passes.py``; the shared comparison
+rule and inputs kept off kinks are in ``gradcheck/core.py``).
 
 The meta-gradients (``meta.py``) are checked on the same models: exact MAML against
 differences of the unrolled loss, FOMAML and Reptile against their definitions, and the
