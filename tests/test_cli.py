@@ -85,7 +85,7 @@ def test_gradcheck_fails_on_a_wrong_hessian_vector_product(monkeypatch, capsys):
     assert main(["gradcheck", "--model", "mlp"]) == 1
     failed = [head for head, result in _rows(capsys.readouterr().out) if result == "FAIL"]
     assert any("maml k=1" in h for h in failed)
-    assert not any("fomaml" in h or "reptile = " in h for h in failed)
+    assert not any("fomaml = " in h or "reptile = " in h for h in failed)   # first-order
 
 
 def test_gradcheck_cuda_without_cupy_is_one_line(monkeypatch, capsys):
