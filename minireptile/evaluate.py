@@ -12,13 +12,15 @@ classify the N test samples:
 
 Tasks run as one batched pass over a leading task axis, as many at a time as fit in
 ``MEMORY_BUDGET``; each task has its own copy of the optimizer state, so the shared state
-is never touched (nothing to restore).
+is never touched (nothing to restore). Task i draws from its own generator, keyed by the
+evaluation and i (``data.batches.task_rng``), so that the tasks can be split over processes
+(``distributed.py``) and still be the same tasks.
 """
 import numpy as np
 
 from .backend import dtype, get_xp, to_device, to_host
-from .data.batches import gather
-from .data.sampler import inner_batches, sample_tasks
+from .data.batches import gather, sample_each, task_rng
+from .distributed import LOCAL
 from .errors import UserError
 from .meta import adapt, inner_steps, tile
 from .optim import SGD
@@ -69,34 +71,42 @@ def tasks_per_pass(model, images, budget=MEMORY_BUDGET):
 
 def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, eval_batch,
              eval_iters, num_samples, transductive=False, replacement=False,
-             weight_decay=1.0, stream=None):
+             weight_decay=1.0, stream=None, comm=LOCAL):
     """Accuracy on num_samples tasks of the given split: (mean, 95% half-width, per-task).
 
     theta: (P,); optimizer: the inner optimizer, whose state each task copies (unchanged on
-    return). The interval is 1.96 standard errors of the per-task accuracies. With a
-    stream, progress (tasks done, rate, time left) is shown on it.
+    return). rng: the evaluation's key (seed, tag, ...), task i drawing from
+    task_rng(*key, i); or one Generator drawing every task in turn (one process). The
+    interval is 1.96 standard errors of the per-task accuracies. With a stream, progress
+    (tasks done, rate, time left) is shown on it. comm: the processes sharing the tasks;
+    each evaluates its share and every one returns the results of all, in task order.
     """
+    mine = comm.share(num_samples)
+    if isinstance(rng, np.random.Generator) and comm.size > 1:
+        raise ValueError("a split evaluation needs a key, not one generator for all tasks")
     per_pass = tasks_per_pass(model, max(num_classes * num_shots + 1, eval_batch))
-    progress = stream and Progress(num_samples, stream=stream, label=f"eval {split:5}",
+    progress = stream and Progress(len(mine), stream=stream, label=f"eval {split:5}",
                                    unit="tasks")
-    correct, xp = [], get_xp(theta)
-    for start in range(0, num_samples, per_pass):
-        t = min(per_pass, num_samples - start)
-        x, y, xq, yq = sample_tasks(ds, split, rng, t, num_classes, num_shots, num_query=1)
-        idx = inner_batches(x.shape[1], rng, eval_batch, eval_iters, replacement, num_tasks=t)
+    correct, xp = [np.zeros(0)], get_xp(theta)
+    for start in range(0, len(mine), per_pass):
+        tasks = mine[start:start + per_pass]
+        rngs = ([rng] * len(tasks) if isinstance(rng, np.random.Generator)
+                else [task_rng(*rng, i) for i in tasks])
+        x, y, xq, yq, idx = sample_each(ds, split, rngs, num_classes, num_shots, eval_batch,
+                                        eval_iters, 1, replacement)
         xs, ys = gather(x, y, idx)
         xs, ys = to_device(xs, dtype()), to_device(ys)
-        phi = adapt(model, xp.broadcast_to(theta, (t,) + theta.shape),
+        phi = adapt(model, xp.broadcast_to(theta, (len(tasks),) + theta.shape),
                     [(xs[:, j], ys[:, j]) for j in range(eval_iters)], optimizer.copy(),
                     weight_decay)
         pred = predict_test(model, phi, to_device(x, dtype()), to_device(xq, dtype()),
                             transductive)
         correct.append((to_host(pred) == yq).mean(axis=1))
         if progress:
-            progress.update(start + t)
+            progress.update(start + len(tasks), force=start + len(tasks) == len(mine))
     if progress:
         progress.close()
-    acc = np.concatenate(correct)
+    acc = comm.gather([np.concatenate(correct)], num_samples)[0]
     return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc))), acc
 
 

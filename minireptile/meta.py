@@ -147,8 +147,40 @@ def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weight
     return delta, first
 
 
+def sum_tasks(arrays):
+    """([a.sum(axis=0) for a in arrays], n): sums over the task axis, in task order.
+
+    The default ``reduce``: the meta-batch's n tasks are all in this process. Split over
+    processes, ``distributed.py`` gives a reduce with the same contract that sums over every
+    process's tasks (in task order, with the same additions as here, when deterministic).
+    """
+    return [a.sum(axis=0) for a in arrays], len(arrays[0])
+
+
+def _reduced_updates(algo, model, theta, batches, optimizer, weight_decay, weights, sequential,
+                     reduce):
+    """(Delta_i of the tasks here (n_here, P), sum_i Delta_i, sum_i loss_i, n): the sums over
+    all n tasks, from one ``reduce`` call that also carries what merges the inner optimizer's
+    per-task states (Adam's moments, ``Adam.merge_tasks``), so that the tasks' processes
+    exchange everything the outer update needs at once."""
+    n, xp = batches[0][0].shape[0], get_xp(theta)
+    if sequential:
+        runs = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], optimizer,
+                            weight_decay, weights) for i in range(n)]
+        delta, loss, terms = xp.stack([r[0] for r in runs]), xp.stack([r[1] for r in runs]), []
+    else:
+        start = optimizer.snapshot()
+        delta, loss = task_update(algo, model, xp.broadcast_to(theta, (n,) + theta.shape),
+                                  batches, optimizer, weight_decay, weights)
+        terms = optimizer.task_terms(start)                   # Adam: s_i - beta^k s_0
+    (delta_sum, loss_sum, *term_sums), total = (reduce or sum_tasks)([delta, loss, *terms])
+    if not sequential:
+        optimizer.merge_sums(start, term_sums, total)
+    return delta, delta_sum, loss_sum, total
+
+
 def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
-                 sequential=False):
+                 sequential=False, reduce=None):
     """Delta_i for the n tasks of a meta-batch (n, P), and the mean first-batch loss.
 
     Batched (default): the n tasks in one pass over the task axis. A stateful inner optimizer
@@ -157,18 +189,12 @@ def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weigh
     sequential=True: the tasks one after another through the one optimizer state, exactly
     as the paper's code feeds them.
 
-    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)).
+    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)). reduce: see ``meta_update``
+    (the loss and the merge then cover every process's tasks; Delta is this process's).
     """
-    n, xp = batches[0][0].shape[0], get_xp(theta)
-    if sequential:
-        runs = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], optimizer,
-                            weight_decay, weights) for i in range(n)]
-        return xp.stack([r[0] for r in runs]), sum(r[1] for r in runs) / n
-    start = optimizer.snapshot()
-    delta, loss = task_update(algo, model, xp.broadcast_to(theta, (n,) + theta.shape),
-                              batches, optimizer, weight_decay, weights)
-    optimizer.merge_tasks(start)
-    return delta, loss.mean()
+    delta, _, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
+                                             weight_decay, weights, sequential, reduce)
+    return delta, loss_sum / n
 
 
 def outer_step(theta, delta, epsilon, outer=None):
@@ -184,17 +210,23 @@ def outer_step(theta, delta, epsilon, outer=None):
 
 
 def meta_update(algo, model, theta, batches, optimizer, epsilon, outer=None, weight_decay=1.0,
-                weights=None, sequential=False):
+                weights=None, sequential=False, reduce=None):
     """One meta-iteration on a meta-batch: theta <- theta + epsilon mean_i Delta_i.
 
     The n tasks' updates come from ``task_updates`` (see ``task_update`` for each
     algorithm's Delta); their mean is applied by ``outer_step``.
     theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)), the last one FOMAML's tail
     and MAML's test batch. Returns (new theta, mean loss of the first mini-batch).
+
+    reduce: how sums over the meta-batch's tasks are taken, ``sum_tasks`` by default. When the
+    tasks are split over processes (batched Reptile as SimuParallelSGD: each process adapts
+    to its own tasks), a function with sum_tasks' contract over all of them
+    (``distributed.py``); it is called once per meta-iteration, on [Delta_i, loss_i, and
+    Adam's per-task moments], so one collective carries everything the outer update needs.
     """
-    delta, loss = task_updates(algo, model, theta, batches, optimizer, weight_decay, weights,
-                               sequential)
-    return outer_step(theta, delta.mean(axis=0), epsilon, outer), loss
+    _, delta_sum, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
+                                                 weight_decay, weights, sequential, reduce)
+    return outer_step(theta, delta_sum / n, epsilon, outer), loss_sum / n
 
 
 def linear_schedule(start, final, iteration, total):

@@ -33,8 +33,14 @@ class SGD:
     def snapshot(self):
         return None
 
-    def merge_tasks(self, start):
+    def merge_tasks(self, start, reduce=None):
         """Stateless: n tasks stepping in one batched pass need no merge."""
+
+    def task_terms(self, start):
+        return []
+
+    def merge_sums(self, start, sums, n):
+        pass
 
 
 class Adam:
@@ -78,7 +84,7 @@ class Adam:
         """(t, m, v) now: the shared state a batched pass starts from (see merge_tasks)."""
         return self.t, self.m, self.v
 
-    def merge_tasks(self, start):
+    def merge_tasks(self, start, reduce=None):
         """Merge the states of n tasks that took k steps each from one shared state `start`.
 
         The paper's code feeds the n tasks of a meta-batch through one Adam one after another,
@@ -92,15 +98,32 @@ class Adam:
             t <- t_0 + n k
 
         start: ``snapshot()`` taken before the inner loop (m_0, v_0 None before any step);
-        self.m, self.v: (n, P) after the batched inner loop.
+        self.m, self.v: (n, P) after the batched inner loop. reduce: where the n tasks are
+        split over processes (``distributed.py``), a function turning this process's rows
+        [(n_here, P), (n_here, P)] into ([their sums over all n tasks], n); default: all n
+        tasks are here. ``meta.py`` instead sends ``task_terms`` with its own rows in one call
+        and hands the sums to ``merge_sums``.
         """
+        terms = self.task_terms(start)
+        sums, n = reduce(terms) if reduce else ([s.sum(axis=0) for s in terms], len(terms[0]))
+        self.merge_sums(start, sums, n)
+
+    def task_terms(self, start):
+        """[m_i - beta1^k m_0, v_i - beta2^k v_0], each (n, P): what merge_tasks averages."""
         t0, m0, v0 = start
-        k, n = self.t - t0, self.v.shape[0]
+        k = self.t - t0
+        return [s if s0 is None else s - beta ** k * s0
+                for s, s0, beta in ((self.m, m0, self.beta1), (self.v, v0, self.beta2))]
+
+    def merge_sums(self, start, sums, n):
+        """merge_tasks' formula, given sum_i(s_i - beta^k s_0) over all n tasks for m and v."""
+        t0, m0, v0 = start
+        k = self.t - t0
         merged = []
-        for s, s0, beta in ((self.m, m0, self.beta1), (self.v, v0, self.beta2)):
-            s0 = 0 * s[0] if s0 is None else s0
+        for total, s0, beta in zip(sums, (m0, v0), (self.beta1, self.beta2)):
+            s0 = 0 * total if s0 is None else s0
             scale = n if beta == 1 else (1 - beta ** (n * k)) / (1 - beta ** k)
-            merged.append(beta ** (n * k) * s0 + scale * (s - beta ** k * s0).mean(axis=0))
+            merged.append(beta ** (n * k) * s0 + scale * (total / n))
         self.m, self.v = merged
         self.t = t0 + n * k
 

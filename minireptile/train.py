@@ -12,6 +12,12 @@ The inner Adam's state is never reset during training. The paper feeds the n tas
 it one after another (``sequential=True``); the default runs the meta-batch as one batched
 pass and merges the per-task states (``optim.Adam.merge_tasks``).
 
+Task i of iteration t draws from its own generator, seeded (seed, TRAIN, t, i)
+(``data.batches.task_rng``); evaluations seed theirs from (seed, tag, i). So the tasks never
+depend on how a meta-batch is split over processes: with a ``distributed`` communicator,
+each process runs its share of the tasks, one collective per meta-iteration sums what the
+outer update needs, and rank 0 alone writes checkpoints and logs.
+
 Sine regression (section 4): ``train_sine``, the same core on the sine tasks.
 """
 import dataclasses
@@ -23,13 +29,17 @@ import numpy as np
 
 from . import checkpoint
 from .backend import available_memory, dtype, get_xp, to_device, to_host
-from .data.batches import sample_meta_batch
+from .data.batches import sample_meta_batch, task_rng
+from .data.sampler import check_tasks
+from .distributed import LOCAL
 from .errors import UserError
 from .evaluate import BYTES_PER_VALUE, evaluate, tasks_per_pass
 from .meta import linear_schedule, meta_update
 from .optim import SGD, Adam
 from .progress import Progress
 from .tasks import sine
+
+TRAIN, QUICK_EVAL, SINE = 1, 2, 3        # first entry of a task's key (task_rng): its purpose
 
 
 @dataclasses.dataclass
@@ -137,10 +147,11 @@ def inner_optimizer(cfg):
     return SGD(cfg.learning_rate) if cfg.sgd else Adam(cfg.learning_rate, beta1=0.0)
 
 
-def check_memory(model, cfg):
-    """One-line UserError, naming the memory needed, for a run whose passes cannot fit."""
+def check_memory(model, cfg, tasks=None):
+    """One-line UserError, naming the memory needed, for a run whose passes cannot fit
+    (tasks: those of a meta-batch in this process, default all)."""
     tasks_per_pass(model, max(cfg.classes * cfg.shots + 1, cfg.eval_batch))
-    images = cfg.meta_batch * max(cfg.inner_batch, cfg.classes * cfg.foml_tail)
+    images = (tasks or cfg.meta_batch) * max(cfg.inner_batch, cfg.classes * cfg.foml_tail)
     need, free = images * model.activation_values() * BYTES_PER_VALUE, available_memory()
     if need > free:
         raise UserError(f"a meta-iteration's batched pass of {images} images needs "
@@ -148,64 +159,86 @@ def check_memory(model, cfg):
                         f"is available; use a smaller --meta-batch or --inner-batch")
 
 
-def meta_batch(ds, rng, cfg):
-    """The k mini-batches of one meta-iteration's n tasks, on the device."""
-    return sample_meta_batch(ds, rng, cfg.meta_batch, cfg.classes, cfg.train_shots or cfg.shots,
+def task_rngs(seed, iteration, tasks):
+    """The generators of a meta-iteration's tasks (indices `tasks`): (seed, TRAIN, t, i)."""
+    return [task_rng(seed, TRAIN, iteration, i) for i in tasks]
+
+
+def meta_batch(ds, rngs, cfg):
+    """The k mini-batches of one meta-iteration's tasks, on the device: one task per
+    generator in rngs (``task_rngs``), or cfg.meta_batch tasks drawn in turn from one."""
+    n = cfg.meta_batch if isinstance(rngs, np.random.Generator) else len(rngs)
+    return sample_meta_batch(ds, rngs, n, cfg.classes, cfg.train_shots or cfg.shots,
                              cfg.inner_batch, cfg.inner_iters, cfg.foml_tail, cfg.replacement,
                              None if cfg.augment else False)
 
 
-def meta_iteration(model, theta, optimizer, batches, epsilon, cfg):
-    """One outer step of cfg's algorithm; returns (theta, mean loss per example)."""
+def meta_iteration(model, theta, optimizer, batches, epsilon, cfg, reduce=None):
+    """One outer step of cfg's algorithm; returns (theta, mean loss per example).
+    reduce: None, or the communicator's sum over every process's tasks (``meta_update``)."""
     weights = combination_weights(cfg.combination, len(batches)) if cfg.combination else None
     theta, loss = meta_update(cfg.algo, model, theta, batches, optimizer, epsilon,
                               weight_decay=cfg.weight_decay, weights=weights,
-                              sequential=cfg.sequential)
+                              sequential=cfg.sequential, reduce=reduce)
     return theta, loss / batches[0][1].shape[-1]
 
 
-def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
+def check_split(meta_batch, comm, sequential=False):
+    """One-line UserError for a meta-batch that cannot be split over comm's processes."""
+    if comm.size > meta_batch:
+        raise UserError(f"--meta-batch {meta_batch} over {comm.size} processes: every "
+                        f"process needs a task; use at most {meta_batch} processes")
+    if sequential and comm.size > 1:
+        raise UserError("--sequential feeds the tasks through one Adam state one after "
+                        "another: it cannot be split over processes (drop --sequential or "
+                        "run one process)")
+
+
+def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOCAL):
     """Meta-train model on ds's training classes; returns (theta, inner optimizer).
 
     With checkpoint_dir, an existing checkpoint there is resumed (its configuration must
     match, except a larger meta_iters, which extends a run) and a new one is written
     atomically every cfg.checkpoint_interval iterations, at the end, and on Ctrl-C; every
-    quick evaluation is appended to its log.jsonl.
+    quick evaluation is appended to its log.jsonl. comm (``distributed.py``): the processes
+    sharing each meta-batch; rank 0 reads and writes the checkpoint, which any number of
+    processes can resume.
     """
-    stream = stream or sys.stderr
+    stream = (stream or sys.stderr) if comm.rank == 0 else open(os.devnull, "w")
     cfg.validate()
-    check_memory(model, cfg)
+    check_split(cfg.meta_batch, comm, cfg.sequential)
+    tasks = comm.share(cfg.meta_batch)
+    check_tasks(ds, "train", cfg.classes, cfg.train_shots or cfg.shots,
+                augment=None if cfg.augment else False)
+    check_tasks(ds, "test", cfg.classes, cfg.shots, num_query=1)
+    check_memory(model, cfg, len(tasks))
     config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}")
-    optimizer, start = inner_optimizer(cfg), 0
-    if checkpoint.exists(checkpoint_dir):
-        theta, state, rng, start, saved = checkpoint.load(checkpoint_dir)
-        refuse_mismatch(checkpoint_dir, saved, config, start)
+    optimizer = inner_optimizer(cfg)
+    resumed = comm.from_root(lambda: _open_checkpoint(checkpoint_dir, config))
+    if resumed:
+        theta, state, start = resumed
         optimizer.load_state_dict(state, get_xp(to_device(np.zeros(1))))
-        checkpoint.truncate_log(checkpoint_dir, start)
         print(f"resuming from iteration {start} ({checkpoint_dir})", file=stream, flush=True)
     else:
-        if checkpoint_dir:
-            if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
-                raise UserError(f"--checkpoint {checkpoint_dir}: exists and is not a folder")
-            os.makedirs(checkpoint_dir, exist_ok=True)
-        rng = np.random.default_rng(cfg.seed)
-        theta = model.init(rng) if theta is None else to_host(theta)
-    theta = to_device(theta, dtype())
+        start = 0
+        theta = model.init(np.random.default_rng(cfg.seed)) if theta is None else to_host(theta)
+    theta, reduce = to_device(theta, dtype()), comm.reducer(cfg.meta_batch)
 
     def save(iteration):
-        if checkpoint_dir:
-            checkpoint.save(checkpoint_dir, to_host(theta), optimizer.state_dict(), rng,
-                            iteration, config)
+        if checkpoint_dir and comm.rank == 0:           # the generator of the next task drawn
+            checkpoint.save(checkpoint_dir, to_host(theta), optimizer.state_dict(),
+                            task_rng(cfg.seed, TRAIN, iteration, 0), iteration, config)
 
     progress, accuracy, it, loss = Progress(cfg.meta_iters, start, stream), None, start, None
-    at_start = rng.bit_generator.state, optimizer.copy(), theta
+    at_start = optimizer.copy(), theta
     try:
         for it in range(start, cfg.meta_iters):
-            at_start = rng.bit_generator.state, optimizer.copy(), theta   # for Ctrl-C
+            at_start = optimizer.copy(), theta                      # for Ctrl-C
             epsilon = linear_schedule(cfg.meta_step, cfg.meta_step_final, it, cfg.meta_iters)
-            batches = meta_batch(ds, rng, cfg)
+            batches = meta_batch(ds, task_rngs(cfg.seed, it, tasks), cfg)
             with np.errstate(over="ignore", invalid="ignore"):    # checked just below
-                new_theta, loss = meta_iteration(model, theta, optimizer, batches, epsilon, cfg)
+                new_theta, loss = meta_iteration(model, theta, optimizer, batches, epsilon, cfg,
+                                                 reduce)
             loss = float(loss)
             if not math.isfinite(loss) or not bool(get_xp(new_theta).isfinite(new_theta).all()):
                 kept = (f"last good checkpoint kept in {checkpoint_dir}"
@@ -215,13 +248,13 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
             theta = new_theta
             if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.meta_iters:
                 accuracy = quick_evaluation(model, theta, optimizer, ds, cfg, it + 1, loss,
-                                            checkpoint_dir)
+                                            checkpoint_dir, comm)
             if checkpoint_dir and ((it + 1) % cfg.checkpoint_interval == 0):
                 save(it + 1)
             progress.update(it + 1, _status(loss, accuracy))
         it = cfg.meta_iters
     except KeyboardInterrupt:
-        rng.bit_generator.state, optimizer, theta = at_start     # back to a whole iteration
+        optimizer, theta = at_start                     # back to a whole iteration
         save(it)
         progress.close()
         raise
@@ -231,16 +264,33 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None):
     return theta, optimizer
 
 
-def quick_evaluation(model, theta, optimizer, ds, cfg, iteration, loss, checkpoint_dir):
-    """Accuracy on cfg.eval_tasks_during tasks per split, logged; returns the test one."""
+def _open_checkpoint(folder, config):
+    """(theta, optimizer state, iteration) of the checkpoint in folder to resume, after
+    checking that it is this run's; None (making the folder) when there is none."""
+    if checkpoint.exists(folder):
+        theta, state, _, start, saved = checkpoint.load(folder)
+        refuse_mismatch(folder, saved, config, start)
+        checkpoint.truncate_log(folder, start)
+        return theta, state, start
+    if folder:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UserError(f"--checkpoint {folder}: exists and is not a folder")
+        os.makedirs(folder, exist_ok=True)
+    return None
+
+
+def quick_evaluation(model, theta, optimizer, ds, cfg, iteration, loss, checkpoint_dir,
+                     comm=LOCAL):
+    """Accuracy on cfg.eval_tasks_during tasks per split, logged; returns the test one.
+    Task i of a split draws from (seed, QUICK_EVAL, iteration, split, i)."""
     record = {"iteration": iteration, "loss": loss}
-    rng = np.random.default_rng([cfg.seed, iteration])
-    for split in ("train", "test"):
-        record[split] = evaluate(model, theta, optimizer, ds, split, rng, cfg.classes,
+    for s, split in enumerate(("train", "test")):
+        record[split] = evaluate(model, theta, optimizer, ds, split,
+                                 (cfg.seed, QUICK_EVAL, iteration, s), cfg.classes,
                                  cfg.shots, cfg.eval_batch, cfg.eval_iters,
                                  cfg.eval_tasks_during, cfg.transductive, cfg.replacement,
-                                 cfg.weight_decay)[0]
-    if checkpoint_dir:
+                                 cfg.weight_decay, comm=comm)[0]
+    if checkpoint_dir and comm.rank == 0:
         checkpoint.append_log(checkpoint_dir, record)
     return record["test"]
 
@@ -275,7 +325,8 @@ def refuse_mismatch(folder, saved, config, iteration):
 
 
 def train_sine(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_step,
-               meta_step_final, meta_batch, outer=None, shared_tail=False, callback=None):
+               meta_step_final, meta_batch, outer=None, shared_tail=False, callback=None,
+               comm=LOCAL):
     """Meta-train theta (P,) on sine tasks (section 4): meta_iters outer steps of n tasks.
 
     Each task's k = inner_iters inner SGD steps use its p points (full batch); FOMAML and
@@ -283,14 +334,28 @@ def train_sine(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_
     shared_tail: the p points again), as FOMAML's last step and MAML's test loss.
     epsilon is annealed linearly; outer: None (theta + epsilon Delta, Eq. 5 for Reptile) or
     an optimizer such as Adam. callback(iteration, theta) runs after every outer step.
+    rng: the run's seed or generator; iteration t's tasks come from task_rng(rng, SINE, t)
+    (``sine_tasks``). comm: the processes sharing each meta-batch.
     """
-    optimizer = SGD(inner_lr)
+    check_split(meta_batch, comm)
+    optimizer, here, reduce = SGD(inner_lr), comm.share(meta_batch), comm.reducer(meta_batch)
     for i in range(meta_iters):
-        tasks = sine.sample(rng, meta_batch)
+        tasks = sine_tasks(rng, i, meta_batch, here)
         tail = [] if algo == "reptile" else [tasks.train if shared_tail else tasks.test]
         epsilon = linear_schedule(meta_step, meta_step_final, i, meta_iters)
         theta, _ = meta_update(algo, model, theta, [tasks.train] * inner_iters + tail,
-                               optimizer, epsilon, outer)
+                               optimizer, epsilon, outer, reduce=reduce)
         if callback is not None:
             callback(i + 1, theta)
     return theta
+
+
+def sine_tasks(rng, iteration, n, tasks):
+    """The sine tasks of indices `tasks` (a range) among the n of a meta-iteration.
+
+    A sine task is three numbers and ten points, so every process draws all n from
+    task_rng(rng, SINE, iteration) and keeps its own: task i is the same for any split.
+    """
+    full, rows = sine.sample(task_rng(rng, SINE, iteration), n), slice(tasks.start, tasks.stop)
+    return sine.SineTasks(full.amplitude[rows], full.phase[rows],
+                          tuple(a[rows] for a in full.train), tuple(a[rows] for a in full.test))

@@ -251,9 +251,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["--classes", "5000"], "5000-way"),
         (["--shots", "30", "--train-shots", "30"], "30 shots"),
         (["--meta-step", "-1"], "--meta-step must be a non-negative number"),
-        (["--classes", "100", "--shots", "20"], "GiB of activations"),
+        (["--classes", "400", "--shots", "5"], "GiB of activations"),
         (["--foml", "--foml-tail", "2"], "--foml-tail 2 must be below --train-shots (2)"),
-        (["--combination", "1,2"], "has 2 weights for --inner-iters"),
+        (["--combination", "1,2,3"], "has 3 weights for --inner-iters 2"),
         (["--combination", "sum", "--algo", "maml"], "drop --algo"),
     ]
     for extra, needle in cases:

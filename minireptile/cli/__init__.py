@@ -6,7 +6,8 @@ these modules turn flags into keyword arguments.
 
 Bad input (``UserError``) is printed as one line and exits with status 2. Ctrl-C exits with
 status 130 and SIGTERM with 143; both unwind as ``KeyboardInterrupt``, so a command cleans up
-(temporary files, a last checkpoint) the same way for either.
+(temporary files, a last checkpoint) the same way for either. Under ``mpiexec`` a failing
+rank leaves at once, so that the others do not wait for it (``distributed.leave``).
 """
 import argparse
 import contextlib
@@ -16,7 +17,7 @@ import signal
 import sys
 import threading
 
-from .. import __version__, backend
+from .. import __version__, backend, distributed
 from ..checkpoint import interrupts_kept
 from ..errors import UserError
 
@@ -54,6 +55,28 @@ def add_device_flags(parser, dtype=True):
     if dtype:
         parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                             help="floating-point precision (default float32)")
+
+
+def add_distributed_flags(parser):
+    """--distributed none|mpi and --deterministic (train, eval, sine)."""
+    parser.add_argument("--distributed", choices=("none", "mpi"), default="none",
+                        help="mpi: split the tasks of every meta-batch and evaluation over "
+                             "the processes of `mpiexec -n R` (needs pip install "
+                             "'minireptile[mpi]'); default none")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="with --distributed mpi: gather the per-task updates and sum "
+                             "them in task order, so that any number of processes gives "
+                             "bitwise the same parameters (n/2 times the bytes sent)")
+
+
+def start_distributed(args):
+    """The communicator of --distributed (``distributed.LOCAL`` for none). Under MPI, CPU
+    threads default to the cores shared by the ranks of a machine (R x threads = cores)."""
+    comm = distributed.communicator(args.distributed, args.deterministic)
+    if comm.local_size > 1 and args.threads is None and not os.environ.get(
+            "MINIREPTILE_THREADS", "").strip():
+        backend.set_threads(max(1, _cpus() // comm.local_size))
+    return comm
 
 
 def _cpus():
@@ -103,12 +126,11 @@ def main(argv=None):
                 backend.set_threads(_threads(args.threads))
             return args.func(args) or 0
     except UserError as exc:
-        print(f"minireptile: error: {exc}", file=sys.stderr)
-        return 2
+        return distributed.leave(2, f"minireptile: error: {exc}")
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
-        print(f"minireptile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        return distributed.leave(128 + (signal.SIGTERM if terminated else signal.SIGINT),
+                                 f"minireptile: {'terminated' if terminated else 'interrupted'}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from . import add_device_flags
+from . import add_device_flags, add_distributed_flags, start_distributed
 from .. import backend
+from ..distributed import LOCAL
 from ..errors import UserError
 from ..evaluate import adaptation_losses
 from ..meta import ALGOS
@@ -57,6 +58,7 @@ def register(sub):
                    help="test-time SGD steps (default 32, as in Figure 1)")
     p.add_argument("--out", default="sine-out", help="output directory (default sine-out)")
     add_device_flags(p)
+    add_distributed_flags(p)
     p.set_defaults(func=run)
 
 
@@ -87,7 +89,10 @@ def run(args):
     rng = backend.make_rng(args.seed)
     model = mlp((1, 64, 64, 1), args.activation)
     theta0 = backend.to_device(model.init(rng), backend.dtype())
-    theta, seconds = train(model, theta0, rng, args)
+    comm = start_distributed(args)
+    theta, seconds = train(model, theta0, rng, args, comm)
+    if comm.rank != 0:                                   # rank 0 evaluates and reports
+        return
     held_out = sine.sample(backend.make_rng((args.seed, 1)), args.eval_tasks)
     steps = eval_steps(args.eval_iters)
     results = {name: adaptation_losses(model, th, held_out, args.inner_lr, steps)
@@ -103,16 +108,18 @@ def run(args):
                                          "random": (theta0, results["random"][1])})
 
 
-def train(model, theta, rng, args):
-    """Meta-train with progress shown; returns (theta, seconds)."""
+def train(model, theta, rng, args, comm=LOCAL):
+    """Meta-train with progress shown (on rank 0 of comm); returns (theta, seconds)."""
     valid = sine.sample(backend.make_rng((args.seed, 2)), 25)
-    progress = Validated(args.meta_iters, lambda theta: validate(model, theta, valid, args))
+    stream = None if comm.rank == 0 else open(os.devnull, "w")
+    progress = Validated(args.meta_iters, lambda theta: validate(model, theta, valid, args),
+                         stream)
     start = time.perf_counter()
     theta = train_sine(
         model, theta, rng, args.algo, args.meta_iters, args.inner_iters, args.inner_lr,
         args.meta_step, args.meta_step_final, args.meta_batch,
         outer=Adam(args.meta_step, beta1=0.9) if args.outer == "adam" else None,
-        shared_tail=args.shared_tail, callback=progress)
+        shared_tail=args.shared_tail, callback=progress, comm=comm)
     backend.synchronize()
     progress.close()
     return theta, time.perf_counter() - start

@@ -13,11 +13,10 @@ import os
 import sys
 import time
 
-import numpy as np
 
 from .. import backend, checkpoint
 from ..errors import UserError
-from . import add_device_flags
+from . import add_device_flags, add_distributed_flags, start_distributed
 
 PAPER_FLAGS = (("classes", int, "number of classes per task (N-way)"),
                ("shots", int, "number of examples per class at evaluation (K-shot)"),
@@ -89,6 +88,7 @@ def register(sub):
     p.add_argument("--out", metavar="FILE.json", help="write the final results as JSON here "
                    "(default: results.json in --checkpoint when given)")
     add_device_flags(p)
+    add_distributed_flags(p)
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on train and test classes",
@@ -106,6 +106,7 @@ def register(sub):
                    help="classes to evaluate on (default both)")
     e.add_argument("--out", metavar="FILE.json", help="write the results as JSON here")
     add_device_flags(e)
+    add_distributed_flags(e)
     e.set_defaults(func=run_eval, seed=None)   # --seed: the checkpoint's unless given
 
     pl = sub.add_parser("plot", help="draw a training folder's learning curve (matplotlib)")
@@ -171,25 +172,27 @@ def build_model(dataset, classes):
 
 
 def final_evaluation(model, theta, optimizer, ds, cfg, stream, seed=None,
-                     splits=("train", "test")):
+                     splits=("train", "test"), comm=None):
     """Accuracy over cfg.eval_samples tasks of each split, as a dict; progress on stream.
 
     Per split: mean accuracy, its 95% interval, seconds, and the test samples each task got
     right ("correct", one count out of N per task).
 
-    The tasks come from a generator seeded with (seed, 2^31), seed defaulting to cfg.seed.
+    Task i of a split draws from (seed, 2^31, split, i) (``data.batches.task_rng``), seed
+    defaulting to cfg.seed; comm: the processes sharing the tasks (default one).
     """
+    from ..distributed import LOCAL
     from ..evaluate import evaluate
     seed = cfg.seed if seed is None else seed
-    rng = np.random.default_rng([seed, 2 ** 31])
     results = {"classes": cfg.classes, "shots": cfg.shots, "transductive": cfg.transductive,
                "eval_samples": cfg.eval_samples, "eval_iters": cfg.eval_iters, "seed": seed}
     for split in splits:
         t0 = time.time()
-        mean, half, acc = evaluate(model, theta, optimizer, ds, split, rng, cfg.classes,
+        key = (seed, 2 ** 31, ("train", "val", "test").index(split))
+        mean, half, acc = evaluate(model, theta, optimizer, ds, split, key, cfg.classes,
                                    cfg.shots, cfg.eval_batch, cfg.eval_iters,
                                    cfg.eval_samples, cfg.transductive, cfg.replacement,
-                                   cfg.weight_decay, stream=stream)
+                                   cfg.weight_decay, stream=stream, comm=comm or LOCAL)
         results[split] = {"accuracy": mean, "ci95": half, "seconds": time.time() - t0,
                           "correct": [int(round(a * cfg.classes)) for a in acc]}
     mode = "transductive" if cfg.transductive else "non-transductive"
@@ -215,28 +218,30 @@ def run_train(args):
     cfg.validate()
     if args.pretrained and not checkpoint.exists(args.checkpoint):
         raise UserError("--pretrained needs --checkpoint DIR holding a trained model")
+    comm = start_distributed(args)
     ds = load_data(args.data, args.dataset)
     model = build_model(args.dataset, cfg.classes)
-    stream = sys.stdout
+    stream = sys.stdout if comm.rank == 0 else open(os.devnull, "w")
     print(f"minireptile train {args.dataset}: {cfg.algo}, {cfg.classes}-way {cfg.shots}-shot, "
           f"{cfg.meta_iters} meta-iterations of {cfg.meta_batch} tasks x {cfg.inner_iters} "
           f"steps, device {backend.device()} ({'paper' if paper else 'quick'} defaults), "
-          f"data {ds.path}", file=stream)
+          f"{comm.describe()}, data {ds.path}", file=stream)
     print("resolved: " + command_line(args.dataset, cfg), file=stream, flush=True)
     t0 = time.time()
     if args.pretrained:
         theta, optimizer = load_trained(args.checkpoint, cfg)
     else:
-        theta, optimizer = train(model, ds, cfg, checkpoint_dir=args.checkpoint, stream=stream)
+        theta, optimizer = train(model, ds, cfg, checkpoint_dir=args.checkpoint, stream=stream,
+                                 comm=comm)
     train_seconds = time.time() - t0
-    results = final_evaluation(model, theta, optimizer, ds, cfg, stream)
+    results = final_evaluation(model, theta, optimizer, ds, cfg, stream, comm=comm)
     results.update(train_seconds=train_seconds, total_seconds=time.time() - t0,
                    config=dataclasses.asdict(cfg), device=backend.device(),
-                   command=command_line(args.dataset, cfg))
+                   processes=comm.size, command=command_line(args.dataset, cfg))
     print(f"training {train_seconds:.0f} s, total {time.time() - t0:.0f} s", file=stream)
     out = args.out or (os.path.join(args.checkpoint, "results.json") if args.checkpoint
                        else None)
-    if out:
+    if out and comm.rank == 0:
         _write_json(out, results)
         print(f"results written to {out}", file=stream)
 
@@ -259,6 +264,7 @@ def load_trained(folder, cfg=None):
 def run_eval(args):
     from ..train import TrainConfig
     backend.set_backend(args.device, args.dtype)
+    comm = start_distributed(args)
     config = checkpoint.load(args.checkpoint)[4]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in fields})
@@ -274,11 +280,12 @@ def run_eval(args):
         raise UserError(f"{args.checkpoint}: theta has {theta.shape[-1]} parameters, the "
                         f"{cfg.dataset} model {model.num_params}")
     splits = ("train", "test") if args.split == "both" else (args.split,)
-    results = final_evaluation(model, theta, optimizer, ds, cfg, sys.stdout, seed=args.seed,
-                               splits=splits)
+    stream = sys.stdout if comm.rank == 0 else open(os.devnull, "w")
+    results = final_evaluation(model, theta, optimizer, ds, cfg, stream, seed=args.seed,
+                               splits=splits, comm=comm)
     results.update(checkpoint=args.checkpoint, iteration=checkpoint.load(args.checkpoint)[3],
-                   command=" ".join(["minireptile", *sys.argv[1:]]))
-    if args.out:
+                   processes=comm.size, command=" ".join(["minireptile", *sys.argv[1:]]))
+    if args.out and comm.rank == 0:
         _write_json(args.out, results)
 
 

@@ -30,9 +30,7 @@ def sample_tasks(ds, split, rng, num_tasks, num_classes, num_shots, num_query=0,
     grouped by class (label 0's K images first). No image appears twice in one task.
     """
     classes = _split(ds, split)
-    if augment is None:
-        augment = ds.kind == "omniglot" and split == "train"
-    rotations = ROTATIONS if augment else 1
+    rotations = ROTATIONS if _augmented(ds, split, augment) else 1
     per_class = _check(ds, split, classes, rotations, num_tasks, num_classes, num_shots,
                        num_query)
     picks = np.stack([rng.choice(len(classes) * rotations, num_classes, replace=False)
@@ -80,6 +78,17 @@ def _flat(x):
     t, n, s = x.shape[:3]
     y = np.broadcast_to(np.repeat(np.arange(n, dtype=np.int64), s), (t, n * s)).copy()
     return np.ascontiguousarray(x.reshape(t, n * s, *x.shape[3:])), y
+
+
+def check_tasks(ds, split, num_classes, num_shots, num_query=0, augment=None):
+    """One-line UserError, before any sampling, when such tasks cannot be drawn from split."""
+    rotations = ROTATIONS if _augmented(ds, split, augment) else 1
+    _check(ds, split, _split(ds, split), rotations, 1, num_classes, num_shots, num_query)
+
+
+def _augmented(ds, split, augment):
+    """Rotations as extra classes: None means on for the 'train' split of an Omniglot file."""
+    return ds.kind == "omniglot" and split == "train" if augment is None else augment
 
 
 def _split(ds, split):
