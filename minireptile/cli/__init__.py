@@ -21,7 +21,7 @@ from .. import __version__, backend, distributed
 from ..checkpoint import interrupts_kept
 from ..errors import UserError
 
-COMMANDS = ("gradcheck", "data", "train", "sine", "demo", "theory")
+COMMANDS = ("gradcheck", "data", "train", "sine", "demo", "theory", "reproduce")
 
 
 class Terminated(KeyboardInterrupt):

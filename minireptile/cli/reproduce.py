@@ -1,0 +1,43 @@
+"""``minireptile reproduce``: the paper's Table 2 and Figures 1, 3 and 4, one command each.
+
+Every experiment runs ``minireptile train``/``eval``/``sine`` code at a budget -- ``paper``
+(the paper's settings and length), ``quick`` (minutes on 2 CPU cores) or ``tiny`` (a smoke
+test) -- and writes OUT/[BUDGET/]EXPERIMENT/EXPERIMENT.json (every number with its 95%
+interval, every command with its time), EXPERIMENT.md (the paper beside us) and
+EXPERIMENT.png. Running it again skips finished runs and resumes unfinished ones.
+"""
+import argparse
+
+EXPERIMENTS_HELP = """experiments:
+  table2   Table 2, Omniglot, Reptile: 5-way and 20-way rows, transductive and not
+  fig1     Figure 1, sine regression: random init, after MAML, after Reptile
+  fig3     Figure 3, inner-gradient combinations g1, g2, g1+g2, ... (section 6.2)
+  fig4     Figure 4a/4b, shared-tail against separate-tail FOMAML (section 6.3)
+  maml     exact MAML, Omniglot 5-way 1-shot, against FOMAML and Reptile at equal compute
+"""
+
+
+def register(sub):
+    from ..reproduce import BUDGETS, EXPERIMENTS
+    p = sub.add_parser("reproduce", help="run one of the paper's experiments, results beside "
+                                         "the paper's",
+                       description=__doc__.split("\n\n")[1], epilog=EXPERIMENTS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=EXPERIMENTS, help="which experiment (see below)")
+    p.add_argument("--budget", choices=BUDGETS, default="quick",
+                   help="paper (the paper's length), quick (default; minutes on 2 CPU "
+                        "cores) or tiny (seconds; a smoke test, numbers meaningless)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="passed to every command (default $MINIREPTILE_DEVICE or cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="passed to every command (CPU threads; default: theirs)")
+    p.add_argument("--out", default="reproduce", metavar="DIR",
+                   help="results folder (default ./reproduce): DIR/EXPERIMENT for the paper "
+                        "budget, DIR/BUDGET/EXPERIMENT for the others")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..reproduce import run as reproduce
+    path = reproduce(args.experiment, args.budget, args.out, args.device, args.threads)
+    print(f"results: {path}")

@@ -1,0 +1,35 @@
+"""The paper's experiments, one command each: ``minireptile reproduce EXPERIMENT``.
+
+    table2   Table 2, Omniglot, Reptile: 5-way and 20-way, 1-shot and 5-shot, transductive
+             and not, with the learning curve                             table2.py
+    fig1     Figure 1, sine regression: random init, after MAML, after Reptile     fig1.py
+    fig3     Figure 3, inner-gradient combinations g1 ... g1+g2+g3+g4 (section 6.2)  fig3.py
+    fig4     Figure 4a/4b, shared-tail against separate-tail FOMAML (section 6.3)   fig4.py
+    maml     exact MAML on Omniglot 5-way 1-shot against FOMAML and Reptile at the same
+             compute                                                      maml.py
+
+Each runs the ``minireptile train``/``eval``/``sine`` code (``common.Session``) at a budget:
+``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
+iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
+meaningful numbers). It writes EXPERIMENT.json (every number with its 95% interval, every
+command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us) and, with
+matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
+again skips what is done and resumes what is not.
+"""
+import importlib
+
+from .common import Session
+
+EXPERIMENTS = ("table2", "fig1", "fig3", "fig4", "maml")
+BUDGETS = ("paper", "quick", "tiny")
+
+
+def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None):
+    """Run (or resume) one experiment; returns the path of its JSON."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
+    module = importlib.import_module(f"{__name__}.{experiment}")
+    session = Session(experiment, budget, out, device, threads, stream)
+    return module.run(session, module.BUDGETS[budget])

@@ -1,0 +1,139 @@
+"""``minireptile reproduce``: every experiment end to end at the tiny budget, its files, its
+tables, resuming; and the pieces (tables, intervals, the stop watcher) on their own.
+
+No test asserts an accuracy: the tiny budget trains for a few iterations.
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from minireptile import reproduce
+from minireptile.cli import main
+from minireptile.errors import UserError
+from minireptile.reproduce import common, fig3, fig4, report
+
+
+def test_markdown_table_round_trip():
+    text = "intro\n\n" + report.markdown_table(["a", "b|c"], [[1, "x | y"], [2.5, ""]])
+    (rows,) = report.parse_tables(text)
+    assert rows == [{"a": "1", "b|c": "x | y"}, {"a": "2.5", "b|c": ""}]
+
+
+def test_parse_tables_refuses_a_broken_table():
+    with pytest.raises(ValueError, match="separator"):
+        report.parse_tables("| a | b |\n| 1 | 2 |\n")
+    with pytest.raises(ValueError, match="cells"):
+        report.parse_tables("| a | b |\n| --- | --- |\n| 1 |\n")
+
+
+def test_intervals_decide_findings():
+    assert report.combined(0.03, 0.04) == pytest.approx(0.05)
+    assert report.compare((0.90, 0.01), (0.80, 0.01)) == "above"
+    assert report.compare((0.80, 0.01), (0.90, 0.01)) == "below"
+    assert report.compare((0.90, 0.05), (0.85, 0.05)) == "within"
+    assert report.verdict(True, False) == "reproduced"
+    assert report.verdict(False, False).startswith("not resolved")
+    assert report.verdict(False, True).startswith("not reproduced")
+
+
+def test_fig3_findings_read_the_paper_right():
+    """Accuracies shaped like the paper's Figure 3 give 'reproduced' for every finding."""
+    acc = {"g1": 0.3, "g2": 0.80, "g3": 0.85, "g4": 0.88, "sum2": 0.70, "sum3": 0.85,
+           "sum4": 0.95, "mean2": 0.6, "mean3": 0.7, "mean4": 0.8}
+    found = fig3.findings({n: (a, 0.01) for n, a in acc.items()})
+    assert len(found) == 6 and all(f["verdict"] == "reproduced" for f in found), found
+
+
+def test_fig4_points_share_the_corner():
+    assert fig4.points(fig4.BUDGETS["quick"]) == [(2, 25), (4, 25), (6, 25), (4, 10), (4, 50)]
+    assert len(fig3.CURVES) == 10
+
+
+def test_interrupt_when_stops_the_main_thread():
+    flag = threading.Event()
+    threading.Timer(0.2, flag.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        with common.interrupt_when(flag.is_set, poll=0.05) as fired:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                time.sleep(0.01)
+    assert fired == [True]
+
+
+def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
+    """Another process may be training it: refused with one line, nothing touched."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"x")
+    with pytest.raises(UserError, match="another process may be training it"):
+        common.refuse_busy(str(tmp_path / "run"))
+    common.refuse_busy(str(tmp_path / "run"), seconds=0)
+    common.refuse_busy(str(tmp_path / "none"))
+
+
+def test_unknown_experiment_or_budget_is_refused():
+    with pytest.raises(SystemExit):
+        main(["reproduce", "fig9"])
+    with pytest.raises(ValueError, match="budget"):
+        reproduce.run("fig1", budget="huge")
+
+
+def test_every_experiment_has_every_budget():
+    import importlib
+    for name in reproduce.EXPERIMENTS:
+        module = importlib.import_module(f"minireptile.reproduce.{name}")
+        assert set(module.BUDGETS) == set(reproduce.BUDGETS), name
+
+
+def _runs(folder):
+    """Every recorded invocation under folder: {log: number of lines}."""
+    return {str(p): len(p.read_text().splitlines()) for p in folder.rglob("*.runs.jsonl")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", reproduce.EXPERIMENTS)
+def test_experiment_end_to_end_at_the_tiny_budget(experiment, tmp_path, capsys):
+    argv = ["reproduce", experiment, "--budget", "tiny", "--threads", "1", "--out",
+            str(tmp_path)]
+    assert main(argv) == 0
+    folder = tmp_path / "tiny" / experiment
+    result = json.loads((folder / f"{experiment}.json").read_text())
+    assert result["experiment"] == experiment and result["budget"] == "tiny"
+    assert result["commands"] and all(c["command"].startswith("minireptile ")
+                                      for c in result["commands"])
+    assert result["wall_seconds"] >= 0 and result["machine"]["cpus"] >= 1
+    tables = report.parse_tables((folder / f"{experiment}.md").read_text())
+    assert tables and all(tables), "every table has rows"
+    assert (folder / f"{experiment}.png").stat().st_size > 10000
+    assert not list(tmp_path.rglob("*.tmp"))
+    if experiment == "table2":          # the 20-way run stops at its budget, the curve kept
+        rows = [r for r in result["rows"] if r["classes"] == 20]
+        assert all(r["partial"] and 2 <= r["iteration"] < 40 for r in rows)
+        assert result["learning_curves"]["20"]
+    # a second run resumes: nothing is run again, the same numbers come out
+    before = _runs(folder)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "running:" not in capsys.readouterr().out
+    assert _runs(folder) == before
+    again = json.loads((folder / f"{experiment}.json").read_text())
+    strip = ("wall_seconds", "cpu_seconds", "machine", "commands")
+    assert ({k: v for k, v in again.items() if k not in strip} ==
+            {k: v for k, v in result.items() if k not in strip})
+    # finished runs may drop their checkpoints (1 MB each): still nothing to run again
+    for results in folder.rglob("results.json"):
+        (results.parent / "checkpoint.npz").unlink()
+    assert main(argv) == 0
+    assert "running:" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fig1_numbers_are_the_sine_commands(tmp_path):
+    """fig1 runs `minireptile sine`'s code: its sine-reptile.json equals the command's."""
+    assert main(["reproduce", "fig1", "--budget", "tiny", "--out", str(tmp_path)]) == 0
+    ours = json.loads((tmp_path / "tiny" / "fig1" / "sine-reptile.json").read_text())
+    assert main(["sine", "--algo", "reptile", "--meta-iters", "3", "--eval-tasks", "4",
+                 "--eval-iters", "4", "--out", str(tmp_path / "sine")]) == 0
+    theirs = json.loads((tmp_path / "sine" / "sine-reptile.json").read_text())
+    assert ours["losses"] == theirs["losses"]
