@@ -106,7 +106,7 @@ class Sequential:
     def predict(self, theta, x):
         """The model's output (logits or regression values), shape (..., B, *output_shape)."""
         self._check(theta, x)
-        return map_tasks(self._predict, theta, x)
+        return map_tasks(self._predict, theta, x, examples=1, combine="concat")
 
     def _predict(self, theta, x):
         return self._forward(self.views(theta), x)[0]
@@ -114,7 +114,7 @@ class Sequential:
     def loss(self, theta, x, y):
         """The loss, one value per task: shape theta.shape[:-1]."""
         self._check(theta, x, y)
-        return map_tasks(self._loss, theta, x, y)
+        return map_tasks(self._loss, theta, x, y, examples=2)
 
     def _loss(self, theta, x, y):
         return self.loss_fn.forward(self._predict(theta, x), y)[0]
@@ -122,7 +122,7 @@ class Sequential:
     def loss_and_grad(self, theta, x, y):
         """(L, dL/dtheta): shapes theta.shape[:-1] and theta.shape."""
         self._check(theta, x, y)
-        return map_tasks(self._loss_and_grad, theta, x, y)
+        return map_tasks(self._loss_and_grad, theta, x, y, examples=2)
 
     def _loss_and_grad(self, theta, x, y):
         lead = theta.shape[:-1]
@@ -146,7 +146,7 @@ class Sequential:
             H v = R{dL/dtheta}            (R-backward, beside the ordinary backward)
         """
         self._check(theta, x, y, v)
-        return map_tasks(self._loss_grad_hvp, theta, x, y, v)
+        return map_tasks(self._loss_grad_hvp, theta, x, y, v, examples=2)
 
     def _loss_grad_hvp(self, theta, x, y, v):
         lead = theta.shape[:-1]

@@ -6,7 +6,7 @@ pickle), ``load_state_dict`` restores them, ``reset()`` forgets them.
 """
 import numpy as np
 
-from .backend import get_xp, to_host
+from .backend import get_xp, map_blocks, to_host
 
 
 class SGD:
@@ -75,10 +75,27 @@ class Adam:
         if self.v is None:
             self.m, self.v = xp.zeros_like(theta), xp.zeros_like(theta)
         self.t += 1
-        self.m = self.beta1 * self.m + (1 - self.beta1) * g if self.beta1 else g
-        self.v = self.beta2 * self.v + (1 - self.beta2) * (g * g)
         lr_t = float(self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t))
-        return theta - lr_t * self.m / (xp.sqrt(self.v) + self.eps)
+        shape = np.broadcast_shapes(theta.shape, g.shape, self.v.shape)
+        m, v, phi = (xp.empty(shape, theta.dtype) if self.beta1 else g,
+                     xp.empty(shape, theta.dtype), xp.empty(shape, theta.dtype))
+        m0, v0, theta, g = (xp.broadcast_to(a, shape) for a in (self.m, self.v, theta, g))
+
+        def block(i):              # the update on one block of the flat arrays, in place
+            if self.beta1:
+                xp.multiply(g[i], 1 - self.beta1, out=m[i])
+                m[i] += self.beta1 * m0[i]
+            xp.multiply(g[i], g[i], out=v[i])                     # v = beta2 v + (1-beta2) g^2
+            v[i] *= 1 - self.beta2
+            v[i] += self.beta2 * v0[i]
+            step = xp.sqrt(v[i], out=phi[i])                      # phi = theta - lr_t m / d
+            step += self.eps
+            xp.divide(m[i], step, out=step)
+            step *= -lr_t
+            step += theta[i]
+        map_blocks(block, shape)
+        self.m, self.v = m, v
+        return phi
 
     def snapshot(self):
         """(t, m, v) now: the shared state a batched pass starts from (see merge_tasks)."""

@@ -183,23 +183,126 @@ def test_shape_errors_are_one_line_user_errors(sine):
     assert str(info.value).startswith(model.name)
 
 
+def _with_threads(n, fn):
+    from minireptile import backend
+    old = backend._state["workers"]
+    try:
+        backend.set_threads(n)
+        return fn()
+    finally:
+        backend.set_threads(old)
+
+
 def test_worker_threads_give_the_same_numbers(rng):
-    """backend.map_tasks: chunks of tasks on 2 worker threads == one batched call, bit for bit
-    (tasks are independent), for gradients and Hessian-vector products of a CNN."""
+    """backend.map_tasks: 4 tasks in chunks on 2 worker threads == one batched call, bit for
+    bit (tasks are independent), for gradients and Hessian-vector products of a CNN."""
     from minireptile import backend
     from minireptile.models import omniglot_cnn
     model = omniglot_cnn(3, input_shape=(9, 9, 1), filters=4)
-    theta = np.stack([model.init(rng) for _ in range(5)])
-    x, y = rng.normal(size=(5, 300, 9, 9, 1)), rng.integers(0, 3, (5, 300))
+    theta = np.stack([model.init(rng) for _ in range(4)])
+    x, y = rng.normal(size=(4, 300, 9, 9, 1)), rng.integers(0, 3, (4, 300))
     v = rng.normal(size=theta.shape)
-    old = backend._state["workers"]
-    try:
-        backend.set_threads(1)
-        one = model.loss_grad_hvp(theta, x, y, v)
-        backend.set_threads(2)
-        two = model.loss_grad_hvp(theta, x, y, v)
-    finally:
-        backend.set_threads(old)
-    assert backend.map_tasks(lambda t, x: t.sum(axis=-1), theta, x).shape == (5,)
+    one = _with_threads(1, lambda: model.loss_grad_hvp(theta, x, y, v))
+    two = _with_threads(2, lambda: model.loss_grad_hvp(theta, x, y, v))
+    assert backend.map_tasks(lambda t, x: t.sum(axis=-1), theta, x).shape == (4,)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", ["omniglot", "miniimagenet", "mlp"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_examples_split_over_workers(rng, make, workers):
+    """5 tasks on 2 or 3 workers: map_tasks splits every task's examples over the workers,
+    batch norm's statistics are summed over them (synchronised batch norm) and the MSE
+    divides by all of a task's examples, so the loss, gradient, H v and predictions equal
+    one call's up to rounding (float64)."""
+    from minireptile import backend
+    from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
+    model, shape = {"omniglot": (omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), (9, 9, 1)),
+                    "miniimagenet": (miniimagenet_cnn(3, input_shape=(9, 9, 2), filters=4),
+                                     (9, 9, 2)),
+                    "mlp": (mlp((3, 16, 2)), (3,))}[make]
+    theta = np.stack([model.init(rng) for _ in range(5)])
+    batch = 4000 if make == "mlp" else 301               # the MLP: enough values for threads
+    x = rng.normal(size=(5, batch, *shape))
+    y = rng.normal(size=(5, batch, 2)) if make == "mlp" else rng.integers(0, 3, (5, batch))
+    v = rng.normal(size=theta.shape)
+
+    def passes():
+        return (*model.loss_grad_hvp(theta, x, y, v), model.predict(theta, x),
+                model.loss(theta, x, y))
+    one, split = _with_threads(1, passes), _with_threads(workers, passes)
+    calls = []
+    real = backend._map_examples
+    try:
+        backend._map_examples = lambda *a: calls.append(1) or real(*a)
+        _with_threads(workers, passes)
+    finally:
+        backend._map_examples = real
+    assert len(calls) == 3                               # every call took the example split
+    for a, b in zip(one, split):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+
+
+def test_examples_split_error_reaches_the_caller(rng):
+    """An exception in one worker of an example split stops the others waiting at the
+    batch-norm barrier and reaches the caller (no hang)."""
+    from minireptile import backend
+
+    def fn(theta, x):
+        if backend._examples.index == 1:
+            raise ArithmeticError("worker 1 failed")
+        return backend.example_sum(x.sum(axis=1), x.shape[1])[0]
+    theta, x = np.zeros((5, 3)), np.ones((5, 40000))
+    with pytest.raises(ArithmeticError, match="worker 1 failed"):
+        _with_threads(2, lambda: backend.map_tasks(fn, theta, x, examples=1))
+
+
+@pytest.mark.parametrize("threads", [(1, 1), (2, 2), (1, 2), (2, 1)],
+                         ids=["1", "2", "1-then-2", "2-then-1"])
+@pytest.mark.parametrize("T", [4, 5], ids=["tasks-split", "examples-split"])
+@pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
+def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng):
+    """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp (float64, 1e-12), with
+    map_tasks cutting the tasks (T = 4) or their examples (T = 5) over 2 worker threads, and
+    with the threads changed between the gradient and the product (then the blocks cut
+    otherwise have their passes recomputed)."""
+    from minireptile import backend
+    if name == "sine-mlp":                      # B large enough for map_tasks to cut
+        model, classes, B = models.mlp((1, 64, 64, 1)), None, 1200
+    else:
+        model, classes, B = models.omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), 3, 60
+    theta, x, y, v = _task_batch(model, T, B, rng, classes)
+    u = rng.standard_normal(theta.shape)
+    old = backend._state["workers"]
+    try:
+        backend.set_threads(threads[0])
+        loss, g, hvp = model.linearize(theta, x, y)
+        want = model.loss_and_grad(theta, x, y)
+        backend.set_threads(threads[1])
+        got = [hvp(v), hvp(u)]                  # one linearisation, several products
+        wanted = [model.hvp(theta, x, y, v), model.hvp(theta, x, y, u)]
+    finally:
+        backend.set_threads(old)
+    np.testing.assert_allclose(loss, want[0], rtol=1e-12)
+    np.testing.assert_allclose(g, want[1], rtol=1e-12, atol=1e-12 * np.abs(want[1]).max())
+    for a, b in zip(got, wanted):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
+def test_linearize_without_and_with_two_task_axes(xp, rng):
+    """linearize on one task (theta (P,)) and on task axes (2, 3): hvp == hvp, on xp."""
+    model = models.mlp((2, 5, 1), "tanh")
+    theta, x, y, v = _task_batch(model, 6, 4, rng)
+    for shape in [(), (2, 3)]:
+        args = ([a[0] for a in (theta, x, y, v)] if not shape else
+                [a.reshape(shape + a.shape[1:]) for a in (theta, x, y, v)])
+        args = [xp.asarray(a) for a in args]
+        loss, g, hvp = model.linearize(*args[:3])
+        lg = model.loss_and_grad(*args[:3])
+        assert loss.shape == shape and g.shape == hvp(args[3]).shape == shape + theta.shape[1:]
+        np.testing.assert_allclose(to_host(loss), to_host(lg[0]), rtol=1e-12)
+        np.testing.assert_allclose(to_host(g), to_host(lg[1]), rtol=1e-12)
+        np.testing.assert_allclose(to_host(hvp(args[3])), to_host(model.hvp(*args)), rtol=1e-12)
+    with pytest.raises(ShapeError):
+        hvp(xp.asarray(v))
