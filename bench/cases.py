@@ -110,14 +110,15 @@ def inner_optimizer(setting, algo):
     return SGD(setting.lr) if setting.inner == "sgd" else Adam(setting.lr, beta1=0.0)
 
 
-def meta_iteration(w, algo, batched=True):
+def meta_iteration(w, algo, batched=True, reuse=True):
     """A function running one meta-iteration of algo on workload w; returns the new theta.
 
     batched: ``meta.meta_update`` on the n tasks as one pass over a leading task axis (what
     ``minireptile train`` runs); otherwise a Python loop of ``meta.task_update`` over the
     tasks, each with theta (P,) and inputs (B, ...). Every call starts from the same theta
     (so repeated timings see the same numbers); Adam's state carries on across calls, as it
-    does during training.
+    does during training. reuse: exact MAML's Hessian-vector products from the inner loop's
+    kept passes, or recomputed (``meta.maml_gradient``).
     """
     optimizer = inner_optimizer(w.setting, algo)
     eps, n = w.setting.epsilon, w.setting.meta_batch
@@ -125,11 +126,11 @@ def meta_iteration(w, algo, batched=True):
     batches = w.batches if algo == "reptile" else inner + [w.test]
 
     def batched_step():
-        return meta_update(algo, w.model, w.theta, batches, optimizer, eps)[0]
+        return meta_update(algo, w.model, w.theta, batches, optimizer, eps, reuse=reuse)[0]
 
     def loop_step():
         delta = sum(task_update(algo, w.model, w.theta, [(x[t], y[t]) for x, y in batches],
-                                optimizer)[0] for t in range(n))
+                                optimizer, reuse=reuse)[0] for t in range(n))
         return outer_step(w.theta, delta / n, eps)
 
     return batched_step if batched else loop_step

@@ -13,7 +13,11 @@ Cases (``--only`` takes one name, or several joined by commas):
     hvp          one Hessian-vector product / one gradient, per model
     efficiency   achieved FLOP/s of the Omniglot (and Mini-ImageNet) Reptile meta-iteration,
                  FLOPs counted analytically, / FLOP/s of a large float32 GEMM, same run
-    torch        the same meta-iterations in PyTorch (when ``import torch`` works)
+    torch        the same meta-iterations in PyTorch (when ``import torch`` works), and
+                 few-shot evaluation (50 Adam steps on a 5-way 1-shot task, then the
+                 5 query images), ms per task
+    jax          the same, each meta-iteration one ``jax.jit`` function (when ``import
+                 jax`` works), its compile time excluded
 
 Discipline (nanoGPT's): settings at the top, an untimed warm-up, ``synchronize()`` before
 every clock read on the GPU, functions compared in a ratio timed in interleaved rounds
@@ -35,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # -- settings ----------------------------------------------------------------------------
-CASES = ("meta_step", "inner_steps", "hvp", "efficiency", "torch")
+CASES = ("meta_step", "inner_steps", "hvp", "efficiency", "torch", "jax")
 BUDGET_S = {"full": 5.0, "quick": 1.0}        # timed seconds per measurement (after warm-up)
 MIN_REPEATS = {"full": 3, "quick": 2}
 MAX_REPEATS = 50
@@ -45,6 +49,9 @@ META_MODELS = {"full": ("sine", "omniglot", "miniimagenet"), "quick": ("sine", "
 HVP_MODELS = {"full": ("sine", "omniglot", "miniimagenet"), "quick": ("sine", "omniglot")}
 EFFICIENCY_MODELS = {"full": ("omniglot", "miniimagenet"), "quick": ("omniglot",)}
 TORCH_MINIIMAGENET = {"full": True, "quick": False}
+JAX_MINIIMAGENET = {"full": True, "quick": False}
+EVAL_TASKS = {"full": 0, "quick": 5}   # tasks per evaluation pass (0: tasks_per_pass)
+EVAL_SHOTS, EVAL_ITERS = 1, 50           # 5-way 1-shot, 50 Adam steps on the 5 images
 GEMM_N = {"cpu": 2048, "cuda": 8192}           # the "large float32 matrix product"
 DTYPE = "float32"
 
@@ -288,6 +295,50 @@ def case_efficiency(rep, mode):
                   [t * flops / gemm_flops for t in ts["gemm"]], ts["meta"])
 
 
+def eval_workload(mode):
+    """The Omniglot workload and T few-shot tasks, 5-way EVAL_SHOTS-shot (random images).
+
+    Returns (w, x (T, N*K, 28, 28, 1), y (T, N*K), xq (T, N, 28, 28, 1)), host arrays; T is
+    what one ``evaluate`` pass holds (``tasks_per_pass``), or EVAL_TASKS in --quick.
+    """
+    from minireptile.evaluate import tasks_per_pass
+    w = cases.workload("omniglot")
+    n, k = w.setting.classes, EVAL_SHOTS
+    t = EVAL_TASKS[mode] or tasks_per_pass(w.model, n * k + 1)
+    rng = np.random.default_rng(1)
+    x = rng.random((t, n * k) + w.model.input_shape, dtype=np.float32)
+    xq = rng.random((t, n) + w.model.input_shape, dtype=np.float32)
+    return w, x, np.tile(np.arange(n).repeat(k), (t, 1)), xq
+
+
+def eval_minireptile(w, x, y, xq):
+    """One ``evaluate`` pass on the T tasks, less the sampling: ``meta.adapt`` (EVAL_ITERS
+    Adam steps, each on the N*K training images, from a fresh inner Adam) and
+    ``predict_test`` (non-transductive). Returns a function of no arguments."""
+    from minireptile.evaluate import predict_test
+    from minireptile.meta import adapt
+    xs, ys, xqd = (backend.to_device(x, backend.dtype()), backend.to_device(y),
+                   backend.to_device(xq, backend.dtype()))
+    thetas = backend.get_xp(w.theta).broadcast_to(w.theta, (len(x),) + w.theta.shape)
+
+    def run():
+        phi = adapt(w.model, thetas, [(xs, ys)] * EVAL_ITERS,
+                    cases.inner_optimizer(w.setting, "reptile"))
+        return predict_test(w.model, phi, xs, xqd, transductive=False)
+    return run
+
+
+def eval_rows(rep, case, fns, tasks, mode, label, threads):
+    """Time evaluation passes of `tasks` tasks; rows and the ratio in ms per task."""
+    ts = {f: [t / tasks for t in v] for f, v in measure(fns, mode).items()}
+    other = [f for f in fns if not f.startswith("minireptile")][0]
+    for f in fns:
+        rep.row(case, f"omniglot eval {f} 5-way {EVAL_SHOTS}-shot iters={EVAL_ITERS} "
+                f"T={tasks}, per task", ts[f], threads=threads if f == other else None)
+    rep.ratio(f"omniglot eval 5-way {EVAL_SHOTS}-shot: {label} / minireptile", ts[other],
+              ts["minireptile batched"])
+
+
 def case_torch(rep, mode):
     """minireptile against the same meta-iterations in PyTorch, in interleaved rounds."""
     try:
@@ -303,7 +354,7 @@ def case_torch(rep, mode):
 
     def tensors(obj):
         if device == "cuda":
-            for attr in ("x", "y"):
+            for attr in ("x", "y", "xq"):
                 if hasattr(obj, attr):
                     setattr(obj, attr, getattr(obj, attr).to(device))
             if hasattr(obj, "data"):
@@ -352,10 +403,113 @@ def case_torch(rep, mode):
     rep.ratio(f"sine maml k={s.k} n={s.meta_batch}: PyTorch / minireptile", ts["torch"],
               ts["minireptile"])
 
+    w, x, y, xq = eval_workload(mode)
+    s = w.setting
+    ref = tensors(torch_ref.ConvEvaluate(torch_ref.conv_params(s.classes, 1, 64, 256), x, y,
+                                         xq, 2, False, s.lr, EVAL_ITERS))
+    eval_rows(rep, "torch", {"minireptile batched": eval_minireptile(w, x, y, xq),
+                             "torch loop": ref.step}, len(x), mode, "PyTorch loop",
+              tthreads)
+
     if TORCH_MINIIMAGENET[mode]:
         conv_case("miniimagenet", 1, True, 1152, 32, True)
     else:
         rep.note("torch: Mini-ImageNet skipped in --quick (about a minute per PyTorch round)")
+
+
+def _jax_threads(n):
+    """Give XLA's CPU client n threads; only works before jax is first imported.
+
+    PJRT_NPROC sizes the PJRT CPU client's thread pools (XLA's ``DefaultThreadPoolSize``;
+    it is otherwise one per core, whatever OMP_NUM_THREADS says); with one thread also
+    the older flags that keep XLA's Eigen code single-threaded.
+    """
+    os.environ["PJRT_NPROC"] = str(n)
+    single = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1 and single not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " " + single).strip()
+
+
+def _first_call(fn):
+    """Seconds of fn's first call: jax.jit's tracing and compilation, and one run."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def case_jax(rep, mode):
+    """minireptile against the same meta-iterations in JAX, each one jitted function, in
+    interleaved rounds; the first call, which compiles, is timed apart (compile_s)."""
+    device = backend.device()
+    if "jax" not in sys.modules and device == "cpu":
+        _jax_threads(blas_threads())
+    try:
+        import jax
+    except ImportError as exc:
+        rep.note(f"jax case skipped: JAX is not installed ({exc})")
+        return
+    from bench import jax_ref
+    if device == "cuda" and jax.default_backend() != "gpu":
+        rep.note(f"jax case skipped: JAX has no GPU backend here ({jax.default_backend()})")
+        return
+    jthreads = int(os.environ.get("PJRT_NPROC", os.cpu_count())) if device == "cpu" else "-"
+    rep.note(f"JAX {jax.__version__}, backend {jax.default_backend()}, {jthreads} threads "
+             f"(PJRT_NPROC={os.environ.get('PJRT_NPROC', '')!r}, "
+             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); compile_s = the first call "
+             f"(trace, compile, one run), outside the timed rounds")
+
+    def timed(name, what, fns, ratios):
+        """Rows of minireptile and the JAX forms; ratios {name: JAX form}, each / minireptile."""
+        compile_s = {f: _first_call(fn) for f, fn in fns.items() if f.startswith("jax")}
+        ts = measure(fns, mode)
+        for f in fns:
+            extra = {"compile_s": compile_s[f]} if f in compile_s else {}
+            rep.row("jax", f"{name} {f} {what}", ts[f],
+                    threads=jthreads if f in compile_s else None, **extra)
+        for ratio, f in ratios.items():
+            rep.ratio(ratio, ts[f], ts["minireptile batched"])
+
+    def conv_case(name, stride, pool):
+        w = cases.workload(name)
+        s = w.setting
+        x = np.stack([b[0] for b in w.host_batches], axis=1)        # (n, k, B, H, W, C)
+        y = np.stack([b[1] for b in w.host_batches], axis=1)        # (n, k, B)
+        params = jax_ref.conv_params(w.model, backend.to_host(w.theta))
+        ref = jax_ref.ConvReptile(params, x, y, stride, pool, s.lr, s.epsilon)
+        timed(name, f"reptile k={s.k} n={s.meta_batch} B={s.inner_batch}",
+              {"minireptile batched": cases.meta_iteration(w, "reptile", batched=True),
+               "jax vmap": ref.vmap, "jax loop": ref.loop},
+              {f"{name} reptile: JAX vmap / minireptile": "jax vmap",
+               f"{name} reptile: JAX loop / minireptile": "jax loop"})
+
+    conv_case("omniglot", 2, False)
+
+    w = cases.workload("sine")
+    s = w.setting
+    (xs, ys), (xt, yt) = w.host_batches[0], w.host_test
+    ref = jax_ref.SineMAML(jax_ref.mlp_params(w.model, backend.to_host(w.theta)),
+                           *(np.ascontiguousarray(a, np.float32) for a in (xs, ys, xt, yt)),
+                           s.k, s.lr, s.epsilon)
+    timed("sine", f"maml k={s.k} n={s.meta_batch}",
+          {"minireptile batched": cases.meta_iteration(w, "maml", batched=True),
+           "jax vmap": ref.step}, {f"sine maml k={s.k} n={s.meta_batch}: JAX / minireptile":
+                                   "jax vmap"})
+
+    w, x, y, xq = eval_workload(mode)
+    s = w.setting
+    ref = jax_ref.ConvEvaluate(jax_ref.conv_params(w.model, backend.to_host(w.theta)), x, y,
+                               xq, 2, False, s.lr, EVAL_ITERS)
+    rep.note(f"jax omniglot eval: compile_s {_first_call(ref.step):.2f} (first call, "
+             f"{len(x)} tasks)")
+    eval_rows(rep, "jax", {"minireptile batched": eval_minireptile(w, x, y, xq),
+                           "jax loop": ref.step}, len(x), mode, "JAX", jthreads)
+
+    if JAX_MINIIMAGENET[mode]:
+        conv_case("miniimagenet", 1, True)
+    else:
+        rep.note("jax: Mini-ImageNet skipped in --quick (its jax.jit compile alone takes "
+                 "tens of seconds)")
 
 
 def peak_rss():
@@ -377,7 +531,7 @@ def peak_rss():
 def child_inner_steps(cfg, mode):
     """Run in a fresh process: one configuration's time and peak memory, as one JSON line."""
     w = cases.workload(cfg["model"], k=cfg["k"])
-    fn = cases.meta_iteration(w, cfg["algo"], batched=True)
+    fn = cases.meta_iteration(w, cfg["algo"], batched=True, reuse=cfg.get("reuse", True))
     if backend.device() == "cuda":
         import cupy
         pool = cupy.get_default_memory_pool()
@@ -391,14 +545,21 @@ def child_inner_steps(cfg, mode):
     print(json.dumps({"times": ts, "peak_mb": peak / 2 ** 20, "base_mb": base / 2 ** 20}))
 
 
+INNER_RUNS = [(algo, {"algo": algo}) for algo in cases.ALGOS] + [
+    ("maml-recompute", {"algo": "maml", "reuse": False})]      # exact MAML, memory O(k P)
+
+
 def case_inner_steps(rep, mode, args):
     what = "CuPy pool high-water mark" if backend.device() == "cuda" else "peak RSS"
     rep.note(f"inner_steps: each row in a fresh process; peak_mb = {what} of the process, "
              f"base_mb = the same before the first meta-iteration (model, data, imports)")
+    rep.note("inner_steps: maml keeps every inner step's passes for its Hessian-vector "
+             "product (memory O(k x activations)); maml-recompute keeps phi_0..phi_{k-1} "
+             "only and recomputes them (memory O(k P)); see meta.maml_gradient")
     for name in INNER_MODELS[mode]:
-        for algo in cases.ALGOS:
+        for label, run in INNER_RUNS:
             for k in INNER_KS[mode]:
-                cfg = {"model": name, "algo": algo, "k": k}
+                cfg = {"model": name, "k": k, **run}
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg),
                        "--device", args.device] + (["--quick"] if args.quick else [])
                 cmd += ["--threads", str(blas_threads())]
@@ -410,7 +571,7 @@ def case_inner_steps(rep, mode, args):
                     continue
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 s = cases.SETTINGS[name]
-                rep.row("inner_steps", f"{name} {algo} k={k} n={s.meta_batch}", res["times"],
+                rep.row("inner_steps", f"{name} {label} k={k} n={s.meta_batch}", res["times"],
                         peak_mb=res["peak_mb"], base_mb=res["base_mb"],
                         delta_mb=res["peak_mb"] - res["base_mb"])
 
@@ -468,7 +629,8 @@ def main(argv=None):
                "inner_steps": lambda: case_inner_steps(rep, mode, args),
                "hvp": lambda: case_hvp(rep, mode),
                "efficiency": lambda: case_efficiency(rep, mode),
-               "torch": lambda: case_torch(rep, mode)}
+               "torch": lambda: case_torch(rep, mode),
+               "jax": lambda: case_jax(rep, mode)}
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     suffix = (f"-t{threads}" if args.device == "cpu" else "") + ("-quick" if args.quick else "")
     path = args.out or os.path.join(ROOT, "bench", "results",

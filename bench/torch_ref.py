@@ -9,7 +9,8 @@ the minireptile cases; images are NCHW, PyTorch's native layout.
 
 Two forms of the classification meta-iteration: ``loop`` (tasks one after another, the
 form of the paper's code) and ``vmap`` (the meta-batch as one batched pass through
-``torch.func.vmap``), so minireptile's batched pass is compared with both.
+``torch.func.vmap``), so minireptile's batched pass is compared with both. Few-shot
+evaluation (``ConvEvaluate``) runs its tasks one after another, as the paper's code does.
 
 This module is imported only by ``bench/run.py`` when ``import torch`` works; PyTorch
 is never a dependency of minireptile or its tests.
@@ -127,6 +128,41 @@ class ConvReptile:
         with torch.no_grad():
             self.theta = [p + self.meta_step * (torch.stack(q).mean(0) - p)
                           for p, q in zip(self.theta, zip(*phis))]
+
+
+class ConvEvaluate:
+    """Few-shot evaluation (section 6.1) in PyTorch, tasks one after another.
+
+    Per task: ``iters`` Adam (beta1 = 0) steps from theta on its N*K training images (each
+    step the whole set, as the paper's --eval-batch N*K does), from a fresh Adam state;
+    then each of the N query images is classified in a batch with the training images
+    (non-transductive, ``minireptile.evaluate``'s default).
+    x (T, N*K, H, W, C), y (T, N*K), xq (T, N, H, W, C): moved here to NCHW tensors once.
+    """
+
+    def __init__(self, theta, x, y, xq, stride, pool, lr, iters):
+        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3)))
+        self.xq = torch.from_numpy(np.ascontiguousarray(xq.transpose(0, 1, 4, 2, 3)))
+        self.y = torch.from_numpy(y.astype(np.int64))
+        self.theta, self.stride, self.pool, self.lr, self.iters = theta, stride, pool, lr, iters
+
+    def step(self):
+        """Predicted classes of the query images, (T, N)."""
+        preds = []
+        for x, y, xq in zip(self.x, self.y, self.xq):
+            phi, state = [p.detach().clone().requires_grad_() for p in self.theta], \
+                {"t": 0, "v": None}
+            for _ in range(self.iters):
+                loss = F.cross_entropy(conv_net(phi, x, self.stride, self.pool), y,
+                                       reduction="sum")
+                grads = torch.autograd.grad(loss, phi)
+                with torch.no_grad():
+                    phi = [p.requires_grad_() for p in adam_step(phi, grads, state, self.lr)]
+            with torch.no_grad():
+                preds.append(torch.stack([
+                    conv_net(phi, torch.cat([x, q[None]]), self.stride, self.pool)[-1].argmax()
+                    for q in xq]))
+        return torch.stack(preds)
 
 
 class SineMAML:

@@ -122,7 +122,7 @@ def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
     one call. On the GPU, or for one task, it is one call.
 
     When the tasks do not divide evenly among the workers (5 tasks on 2 workers would run
-    3 + 2), the work is split along the examples instead: the first ``examples`` arrays
+    3 + 2; see ``_split_examples``), the work is split along the examples instead: the first ``examples`` arrays
     have an example axis after the task axis (x, y), and worker w takes its share of every
     task's examples, like data-parallel training with synchronised batch norm. Layers that
     reduce over a task's examples (batch norm) sum over the workers with ``example_sum``;
@@ -137,7 +137,7 @@ def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
     values = t * max(1, arrays[0][0].size) if arrays else t
     chunks = min(t, -(-values // CHUNK_VALUES))
     worth_a_thread = workers > 1 and values >= CHUNK_VALUES // 16   # not the sine MLP's
-    if worth_a_thread and examples and t % workers and arrays[0].shape[1] >= workers:
+    if worth_a_thread and examples and _split_examples(t, arrays[0].shape[1], workers):
         return _map_examples(fn, theta, arrays, examples, combine, workers, chunks)
     if worth_a_thread:
         chunks = max(chunks, min(workers, t))
@@ -184,6 +184,15 @@ def map_blocks(fn, shape):
             run(block)
     else:
         list(_pool(workers).map(run, flat))
+
+
+def _split_examples(tasks, examples, workers):
+    """Whether to split the examples rather than the tasks: when a split of the tasks leaves
+    the busiest worker 15% or more above the mean (5 tasks on 2 workers: 3 against 2.5) and
+    every worker still gets at least 4 examples of each task (a synchronisation per batch
+    norm costs about as much as a few examples' work)."""
+    busiest = -(-tasks // workers) * workers / tasks
+    return busiest >= 1.15 and examples >= 4 * workers
 
 
 def _join(parts, axis):

@@ -26,6 +26,7 @@ The last mini-batch is FOMAML's tail and MAML's test batch (the paper counts the
 as its k-th loss): drawn like the others (shared tail) or disjoint from them (separate tail,
 section 6.3); the caller decides by what it puts there.
 """
+from functools import partial
 from typing import NamedTuple
 
 from .backend import get_xp
@@ -35,11 +36,12 @@ ALGOS = ("reptile", "fomaml", "maml")             # and "combination" (section 6
 
 
 class Step(NamedTuple):
-    """One inner step: phi_prev -> phi on one mini-batch, with its loss and gradient."""
+    """One inner step: phi_prev -> phi on one mini-batch, with its loss, gradient and Hessian."""
     phi_prev: object       # phi_{i-1}, before the step (and before weight decay)
     loss: object           # L_i(lambda phi_{i-1}), one value per task
     g: object              # g_i = L_i'(lambda phi_{i-1})
     phi: object            # phi_i
+    hvp: object            # v -> H_i v, H_i = L_i''(lambda phi_{i-1}), exact
 
 
 def tile(theta, n):
@@ -48,7 +50,7 @@ def tile(theta, n):
     return xp.broadcast_to(theta, (n,) + theta.shape).copy()
 
 
-def inner_steps(model, theta, batches, optimizer, weight_decay=1.0):
+def inner_steps(model, theta, batches, optimizer, weight_decay=1.0, reuse=False):
     """The inner loop, one ``Step`` per mini-batch (Algorithm 1's "k steps of SGD or Adam").
 
         phi_0 = theta,   g_i = L_i'(lambda phi_{i-1}),   phi_i = step(lambda phi_{i-1}, g_i)
@@ -56,13 +58,19 @@ def inner_steps(model, theta, batches, optimizer, weight_decay=1.0):
     lambda is the paper's ``--weight-decay`` factor (1 = off; its code multiplies the weights
     by it before every inner step). optimizer: ``SGD`` (phi_i = phi_{i-1} - alpha g_i,
     Eq. 10) or ``Adam``, whose state advances with every step.
+    Each step's hvp(v) = H_i v: with reuse, from the passes of g_i, kept while the step's hvp
+    lives (``model.linearize``: memory one pass's activations, then only the R-passes per
+    product); otherwise recomputed at every call (``model.hvp``: memory only lambda phi_{i-1}).
     theta: (P,) or (n, P); batches: k pairs (x, y) with the same task axes as theta.
     """
     phi = theta
     for x, y in batches:
         at = phi * weight_decay if weight_decay != 1 else phi
-        loss, g = model.loss_and_grad(at, x, y)
-        step = Step(phi, loss, g, optimizer.step(at, g))
+        if reuse:
+            loss, g, hvp = model.linearize(at, x, y)
+        else:
+            (loss, g), hvp = model.loss_and_grad(at, x, y), partial(model.hvp, at, x, y)
+        step = Step(phi, loss, g, optimizer.step(at, g), hvp)
         yield step
         phi = step.phi
 
@@ -75,7 +83,8 @@ def adapt(model, theta, batches, optimizer, weight_decay=1.0):
     return phi
 
 
-def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1.0):
+def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1.0,
+                  reuse=True):
     """Exact MAML meta-gradient through k SGD steps, computed backwards.
 
         phi_i = lambda phi_{i-1} - alpha L_i'(lambda phi_{i-1}),   phi_0 = theta,  i = 1..k
@@ -85,29 +94,41 @@ def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1
 
     Paper: Eqs. (17)-(21) (the paper counts the test loss as its k-th loss). The product
     is applied right to left, v <- lambda (v - alpha H_i v), one exact Hessian-vector product
-    per step; only phi_0..phi_{k-1} are kept (memory O(k P), no activations across steps).
+    per step, at the point where the inner loop took g_i (``Step.hvp``):
+        reuse=True   g_i's passes (forward caches, every layer's dL/dy) are kept for the
+                     backward sweep, so each H_i v runs only the R-forward and R-backward
+                     (``model.linearize``): memory O(k P + k x activations)
+        reuse=False  only lambda phi_{i-1} is kept and each H_i v recomputes the forward and
+                     backward passes first (``model.hvp``): memory O(k P)
+    Both give the same numbers. Measured per inner step, float32, on the benchmark's settings
+    (``python bench/run.py --only inner_steps``, peak RSS against k = 1..32): reuse=False
+    adds n P x 4 bytes, the O(k P), 2.2 MiB on the Omniglot CNN (n = 5, P = 113221) and 0.41 MiB
+    on the sine MLP (n = 25, P = 4353); reuse=True adds 24.8 MiB and 0.85 MiB (the kept passes:
+    22.6 MiB on Omniglot; 385 MiB, counted, on the Mini-ImageNet CNN: there a large k wants
+    reuse=False).
+    On Omniglot at k = 5 reuse=True takes 3/4 of reuse=False's time (an H_i v 0.63).
 
     theta: (P,) or (n, P); inner_batches: k pairs (x, y); test_batch: (x, y).
     Returns g_MAML with theta's shape.
     """
-    return _maml(model, theta, inner_batches, test_batch, alpha, weight_decay)[0]
+    return _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse)[0]
 
 
-def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay):
+def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse):
     """(g_MAML, loss of the first mini-batch) -- ``maml_gradient``, keeping the loss to log."""
-    phis, phi, first = [], theta, None
-    for step in inner_steps(model, theta, inner_batches, SGD(alpha), weight_decay):
-        phis.append(step.phi_prev)                                   # phi_{i-1}
+    hvps, phi, first = [], theta, None
+    for step in inner_steps(model, theta, inner_batches, SGD(alpha), weight_decay, reuse):
+        hvps.append(step.hvp)                                        # v -> H_i v
         phi, first = step.phi, step.loss if first is None else first  # phi_i
     loss, v = model.loss_and_grad(phi, *test_batch)                  # L_test'(phi_k)
-    for phi, (x, y) in zip(reversed(phis), reversed(inner_batches)):
-        at = phi * weight_decay if weight_decay != 1 else phi
-        v = v - alpha * model.hvp(at, x, y, v)                       # (I - alpha H_i) v
+    for hvp in reversed(hvps):
+        v = v - alpha * hvp(v)                                       # (I - alpha H_i) v
         v = v * weight_decay if weight_decay != 1 else v             # lambda (...)
     return v, loss if first is None else first
 
 
-def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None):
+def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
+                reuse=True):
     """Delta, the update each task proposes, and the loss of its first mini-batch.
 
         reptile      Delta = phi_k - theta                         Eq. (5) / Algorithm 1
@@ -120,12 +141,14 @@ def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weight
     and FOMAML w = (0, ..., 0, 1). Exact MAML needs an SGD inner loop.
 
     theta: (P,) or (n, P); batches: k pairs (x, y) with theta's task axes; optimizer: the
-    inner one. Returns (Delta with theta's shape, loss with theta's task shape).
+    inner one; reuse: exact MAML's memory for time (``maml_gradient``).
+    Returns (Delta with theta's shape, loss with theta's task shape).
     """
     if algo == "maml":
         if not isinstance(optimizer, SGD):
             raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
-        g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay)
+        g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay,
+                        reuse)
         return -optimizer.lr * g, loss
     if algo == "combination":
         if weights is None or len(weights) != len(batches):
@@ -158,7 +181,7 @@ def sum_tasks(arrays):
 
 
 def _reduced_updates(algo, model, theta, batches, optimizer, weight_decay, weights, sequential,
-                     reduce):
+                     reduce, reuse):
     """(Delta_i of the tasks here (n_here, P), sum_i Delta_i, sum_i loss_i, n): the sums over
     all n tasks, from one ``reduce`` call that also carries what merges the inner optimizer's
     per-task states (Adam's moments, ``Adam.merge_tasks``), so that the tasks' processes
@@ -166,12 +189,12 @@ def _reduced_updates(algo, model, theta, batches, optimizer, weight_decay, weigh
     n, xp = batches[0][0].shape[0], get_xp(theta)
     if sequential:
         runs = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], optimizer,
-                            weight_decay, weights) for i in range(n)]
+                            weight_decay, weights, reuse) for i in range(n)]
         delta, loss, terms = xp.stack([r[0] for r in runs]), xp.stack([r[1] for r in runs]), []
     else:
         start = optimizer.snapshot()
         delta, loss = task_update(algo, model, xp.broadcast_to(theta, (n,) + theta.shape),
-                                  batches, optimizer, weight_decay, weights)
+                                  batches, optimizer, weight_decay, weights, reuse)
         terms = optimizer.task_terms(start)                   # Adam: s_i - beta^k s_0
     (delta_sum, loss_sum, *term_sums), total = (reduce or sum_tasks)([delta, loss, *terms])
     if not sequential:
@@ -180,7 +203,7 @@ def _reduced_updates(algo, model, theta, batches, optimizer, weight_decay, weigh
 
 
 def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
-                 sequential=False, reduce=None):
+                 sequential=False, reduce=None, reuse=True):
     """Delta_i for the n tasks of a meta-batch (n, P), and the mean first-batch loss.
 
     Batched (default): the n tasks in one pass over the task axis. A stateful inner optimizer
@@ -191,9 +214,10 @@ def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weigh
 
     theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)). reduce: see ``meta_update``
     (the loss and the merge then cover every process's tasks; Delta is this process's).
+    reuse: exact MAML's memory for time (``maml_gradient``).
     """
     delta, _, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
-                                             weight_decay, weights, sequential, reduce)
+                                             weight_decay, weights, sequential, reduce, reuse)
     return delta, loss_sum / n
 
 
@@ -210,7 +234,7 @@ def outer_step(theta, delta, epsilon, outer=None):
 
 
 def meta_update(algo, model, theta, batches, optimizer, epsilon, outer=None, weight_decay=1.0,
-                weights=None, sequential=False, reduce=None):
+                weights=None, sequential=False, reduce=None, reuse=True):
     """One meta-iteration on a meta-batch: theta <- theta + epsilon mean_i Delta_i.
 
     The n tasks' updates come from ``task_updates`` (see ``task_update`` for each
@@ -223,9 +247,12 @@ def meta_update(algo, model, theta, batches, optimizer, epsilon, outer=None, wei
     to its own tasks), a function with sum_tasks' contract over all of them
     (``distributed.py``); it is called once per meta-iteration, on [Delta_i, loss_i, and
     Adam's per-task moments], so one collective carries everything the outer update needs.
+    reuse: exact MAML keeps each inner step's passes for its Hessian-vector product (faster,
+    memory O(k x activations)) or recomputes them (memory O(k P)); see ``maml_gradient``.
     """
     _, delta_sum, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
-                                                 weight_decay, weights, sequential, reduce)
+                                                 weight_decay, weights, sequential, reduce,
+                                                 reuse)
     return outer_step(theta, delta_sum / n, epsilon, outer), loss_sum / n
 
 

@@ -9,9 +9,18 @@ inputs ``(T, B, ...)``: T independent tasks run in one batched pass, and every r
 
     loss_and_grad(theta, x, y) -> L, dL/dtheta                forward, then backward
     hvp(theta, x, y, v)        -> H v                         exact, by the R-operator:
-                                  forward, R-forward along v, then backward and
-                                  R-backward together (Pearlmutter 1994)
+                                  forward, backward, then R-forward along v and
+                                  R-backward (Pearlmutter 1994)
+    linearize(theta, x, y)     -> L, dL/dtheta, v -> H v      the gradient's passes kept,
+                                  so each H v there runs the two R-passes only
+
+An R-pass needs what the gradient's passes computed at theta: the forward caches and, at
+every layer, the backward pass's dL/dy. ``linearize`` keeps them (memory: one pass's
+activations, for as long as the returned function lives); ``hvp`` recomputes them.
 """
+import math
+from typing import NamedTuple
+
 import numpy as np
 
 from .backend import get_xp, map_tasks
@@ -25,6 +34,19 @@ class ShapeError(UserError, ValueError):
     """An array passed to a model has the wrong shape; the message says what was expected."""
 
 
+class Passes(NamedTuple):
+    """What a gradient's forward and backward passes computed at theta, for the R-passes."""
+    p: list                # per layer, name -> view of theta
+    caches: list           # per layer, its forward cache
+    dys: list              # per layer, dL/dy at its output (the backward pass's)
+    lcache: object         # the loss's forward cache
+
+
+def _name(block):
+    """A block of ``map_tasks`` (tasks and examples), named by its slice of numbered examples."""
+    return int(block.flat[0]), block.shape
+
+
 class Sequential:
     """Layers applied in order, then a loss; parameters in one flat vector.
 
@@ -36,10 +58,13 @@ class Sequential:
         self.layers, self.loss_fn, self.name = list(layers), loss, name
         self.input_shape = tuple(input_shape)
         self.layout, self.shapes, offset, shape = {}, [self.input_shape], 0, self.input_shape
+        self._slices = []          # (layer, name, offset, size, shape): views without np.prod
         for i, layer in enumerate(self.layers):
             for pname, pshape in layer.params:
                 self.layout[f"{i}.{pname}"] = (offset, tuple(pshape))
-                offset += int(np.prod(pshape))
+                size = int(np.prod(pshape))
+                self._slices.append((i, pname, offset, size, tuple(pshape)))
+                offset += size
             shape = layer.output_shape(shape)
             self.shapes.append(shape)
         self.num_params = offset
@@ -60,21 +85,14 @@ class Sequential:
 
     def views(self, theta):
         """Per layer, a dict name -> view of theta with shape (..., *param_shape)."""
-        lead = theta.shape[:-1]
-        out = []
-        for i, layer in enumerate(self.layers):
-            d = {}
-            for pname, pshape in layer.params:
-                off, shape = self.layout[f"{i}.{pname}"]
-                d[pname] = theta[..., off:off + int(np.prod(shape))].reshape(lead + shape)
-            out.append(d)
+        lead, out = theta.shape[:-1], [{} for _ in self.layers]
+        for i, pname, off, size, shape in self._slices:
+            out[i][pname] = theta[..., off:off + size].reshape(lead + shape)
         return out
 
     def _flatten(self, grads, lead):
-        xp = get_xp(*[g for d in grads for g in d.values()])
-        parts = [grads[i][pname].reshape(lead + (-1,))
-                 for i, layer in enumerate(self.layers) for pname, _ in layer.params]
-        return xp.concatenate(parts, axis=-1)
+        parts = [grads[i][pname].reshape(lead + (-1,)) for i, pname, *_ in self._slices]
+        return get_xp(parts[0]).concatenate(parts, axis=-1)
 
     def _check(self, theta, x, y=None, v=None):
         if theta.ndim < 1 or theta.shape[-1] != self.num_params:
@@ -125,52 +143,93 @@ class Sequential:
         return map_tasks(self._loss_and_grad, theta, x, y, examples=2)
 
     def _loss_and_grad(self, theta, x, y):
-        lead = theta.shape[:-1]
+        return self._gradient(theta, x, y, keep=False)[:2]
+
+    def _gradient(self, theta, x, y, keep):
+        """(L, g, passes): forward, then backward; passes (``Passes``) only when keep, else
+        None, and each dy is then dropped as soon as the layer below has used it."""
         p = self.views(theta)
         z, caches = self._forward(p, x)
         loss, lcache = self.loss_fn.forward(z, y)
-        dy, grads = self.loss_fn.backward(lcache), [None] * len(self.layers)
-        for i in reversed(range(len(self.layers))):
+        dy, n = self.loss_fn.backward(lcache), len(self.layers)
+        grads, dys = [None] * n, [None] * n
+        for i in reversed(range(n)):
+            if keep:
+                dys[i] = dy                                       # dL/dy at layer i's output
             dy, grads[i] = self.layers[i].backward(p[i], caches[i], dy, need_dx=i > 0)
-        return loss, self._flatten(grads, lead)
+        g = self._flatten(grads, theta.shape[:-1])
+        return loss, g, Passes(p, caches, dys, lcache) if keep else None
+
+    def _rpasses(self, passes, v):
+        """H v from the gradient's passes at theta: R-forward along v, then R-backward.
+
+            R{z} = J v                   (R-forward, layer by layer)
+            R{dz} = (d^2L/dz^2) R{z}      (loss.rbackward)
+            H v = R{dL/dtheta}            (R-backward, with the backward pass's dy per layer)
+        """
+        p, caches, dys, lcache = passes
+        rp = self.views(v)
+        rz, rcaches = None, []
+        for layer, pl, rpl, cache in zip(self.layers, p, rp, caches):
+            rz, rcache = layer.rforward(pl, rpl, cache, rz)
+            rcaches.append(rcache)
+        rdy, rgrads = self.loss_fn.rbackward(lcache, rz), [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            rdy, rgrads[i] = self.layers[i].rbackward(p[i], rp[i], caches[i], rcaches[i],
+                                                      dys[i], rdy, need_dx=i > 0)
+        return self._flatten(rgrads, v.shape[:-1])
 
     def grad(self, theta, x, y):
         """dL/dtheta, shape theta.shape."""
         return self.loss_and_grad(theta, x, y)[1]
 
     def loss_grad_hvp(self, theta, x, y, v):
-        """(L, g, H v) in one pass: the R-operator rides along the gradient's passes.
-
-            R{z} = J v                   (R-forward, layer by layer)
-            R{dz} = (d^2L/dz^2) R{z}      (loss.rbackward)
-            H v = R{dL/dtheta}            (R-backward, beside the ordinary backward)
-        """
+        """(L, g, H v) in one call: the gradient's passes, then the R-passes along v."""
         self._check(theta, x, y, v)
         return map_tasks(self._loss_grad_hvp, theta, x, y, v, examples=2)
 
     def _loss_grad_hvp(self, theta, x, y, v):
-        lead = theta.shape[:-1]
-        p, rp = self.views(theta), self.views(v)
-        z, caches = self._forward(p, x)
-        rz, rcaches = None, []
-        for layer, pl, rpl, cache in zip(self.layers, p, rp, caches):
-            rz, rcache = layer.rforward(pl, rpl, cache, rz)
-            rcaches.append(rcache)
-        loss, lcache = self.loss_fn.forward(z, y)
-        dy = self.loss_fn.backward(lcache)
-        rdy = self.loss_fn.rbackward(lcache, rz)
-        grads, rgrads = [None] * len(self.layers), [None] * len(self.layers)
-        for i in reversed(range(len(self.layers))):
-            layer, need_dx = self.layers[i], i > 0
-            rdx, rgrads[i] = layer.rbackward(p[i], rp[i], caches[i], rcaches[i], dy, rdy,
-                                             need_dx=need_dx)
-            dy, grads[i] = layer.backward(p[i], caches[i], dy, need_dx=need_dx)
-            rdy = rdx
-        return loss, self._flatten(grads, lead), self._flatten(rgrads, lead)
+        loss, g, passes = self._gradient(theta, x, y, keep=True)
+        return loss, g, self._rpasses(passes, v)
 
     def hvp(self, theta, x, y, v):
         """H v, the exact Hessian of the loss at theta times v (shape theta.shape)."""
         return self.loss_grad_hvp(theta, x, y, v)[2]
+
+    def linearize(self, theta, x, y):
+        """(L, g, hvp): the loss and gradient at theta, and hvp(v) = H v at theta, exact.
+
+        The gradient's passes are kept (``Passes``: the forward caches and every layer's dy,
+        about one pass's activations, as long as hvp lives), so each hvp(v) runs only the
+        R-forward and the R-backward: the forward and backward passes that ``hvp`` would
+        recompute are saved. Exact MAML calls it once per inner step (``meta.inner_steps``).
+        Results equal ``loss_and_grad`` and ``hvp``'s to the last bit.
+
+        ``map_tasks`` cuts the work into blocks of tasks and examples; ``ids`` numbers the
+        examples (theta's task axes and x's example axis), so a block's slice of it names the
+        block: hvp's map_tasks cuts the same blocks and finds each one's passes.
+        """
+        self._check(theta, x, y)
+        examples = x.shape[:theta.ndim]                         # (..., B)
+        ids = np.arange(math.prod(examples)).reshape(examples)
+        kept = {}                                               # block -> Passes
+
+        def gradient(th, xs, ys, block):
+            loss, g, kept[_name(block)] = self._gradient(th, xs, ys, keep=True)
+            return loss, g
+
+        def rpasses(v, xs, ys, block, th):
+            passes = kept.get(_name(block))
+            if passes is None:          # cut otherwise (set_threads changed): recompute them
+                passes = self._gradient(th, xs, ys, keep=True)[2]
+            return self._rpasses(passes, v)
+
+        def hvp(v):
+            self._check(theta, x, y, v)
+            return map_tasks(rpasses, v, x, y, ids, theta, examples=3)
+
+        loss, g = map_tasks(gradient, theta, x, y, ids, examples=3)
+        return loss, g, hvp
 
 
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}

@@ -41,6 +41,8 @@ from .tasks import sine
 
 TRAIN, QUICK_EVAL, SINE = 1, 2, 3        # first entry of a task's key (task_rng): its purpose
 
+KEPT_BYTES = 9   # bytes per activation value an exact-MAML inner step keeps (measured)
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -73,6 +75,7 @@ class TrainConfig:
     sgd: bool = False
     augment: bool = True        # rotations of the training classes (Omniglot)
     sequential: bool = False
+    maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
     seed: int = 0
     checkpoint_interval: int = 100
     eval_tasks_during: int = 20  # tasks per split in the periodic quick estimate
@@ -157,6 +160,13 @@ def check_memory(model, cfg, tasks=None):
         raise UserError(f"a meta-iteration's batched pass of {images} images needs "
                         f"{need / 2 ** 30:.1f} GiB of activations, {free / 2 ** 30:.1f} GiB "
                         f"is available; use a smaller --meta-batch or --inner-batch")
+    if cfg.algo == "maml" and not cfg.maml_recompute:       # the inner steps' kept passes
+        kept = (cfg.inner_iters - 1) * images * model.activation_values() * KEPT_BYTES
+        if need + kept > free:
+            raise UserError(f"exact MAML keeping the passes of {cfg.inner_iters - 1} inner "
+                            f"steps needs {(need + kept) / 2 ** 30:.1f} GiB, "
+                            f"{free / 2 ** 30:.1f} GiB is available; add --maml-recompute "
+                            f"(memory O(k P), slower) or use a smaller --inner-iters")
 
 
 def task_rngs(seed, iteration, tasks):
@@ -179,7 +189,8 @@ def meta_iteration(model, theta, optimizer, batches, epsilon, cfg, reduce=None):
     weights = combination_weights(cfg.combination, len(batches)) if cfg.combination else None
     theta, loss = meta_update(cfg.algo, model, theta, batches, optimizer, epsilon,
                               weight_decay=cfg.weight_decay, weights=weights,
-                              sequential=cfg.sequential, reduce=reduce)
+                              sequential=cfg.sequential, reduce=reduce,
+                              reuse=not cfg.maml_recompute)
     return theta, loss / batches[0][1].shape[-1]
 
 

@@ -79,9 +79,10 @@ def test_gradcheck_checks_meta_gradients_and_writes_json(tmp_path, capsys):
 
 
 def test_gradcheck_fails_on_a_wrong_hessian_vector_product(monkeypatch, capsys):
-    """An hvp off by 1% passes every first-order check but fails exact MAML's rows."""
-    right = models.Sequential.hvp
-    monkeypatch.setattr(models.Sequential, "hvp", lambda self, *a: 1.01 * right(self, *a))
+    """R-passes off by 1% (every hvp, recomputed or from kept passes) pass every first-order
+    check but fail exact MAML's rows."""
+    right = models.Sequential._rpasses
+    monkeypatch.setattr(models.Sequential, "_rpasses", lambda self, *a: 1.01 * right(self, *a))
     assert main(["gradcheck", "--model", "mlp"]) == 1
     failed = [head for head, result in _rows(capsys.readouterr().out) if result == "FAIL"]
     assert any("maml k=1" in h for h in failed)

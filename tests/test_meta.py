@@ -40,10 +40,12 @@ def numeric_gradient(f, theta, h=1e-5):
     return out
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "recompute"])
 @pytest.mark.parametrize("weight_decay", [1.0, 0.9])
-def test_maml_gradient_matches_central_differences(model, rng, weight_decay):
+def test_maml_gradient_matches_central_differences(model, rng, weight_decay, reuse):
     """g_MAML = d/dtheta L_test(U^k(theta)) for k = 1..4 (Eqs. 17-21), all tasks at once,
-    with and without the paper's weight decay inside the inner steps."""
+    with and without the paper's weight decay inside the inner steps, each H_i v from the
+    inner loop's kept passes or recomputed."""
     alpha, theta, test = 0.1, theta_of(model, rng), batch(rng)
     for k in range(1, 5):
         inner = [batch(rng) for _ in range(k)]
@@ -51,23 +53,26 @@ def test_maml_gradient_matches_central_differences(model, rng, weight_decay):
         def meta_loss(theta):                      # (T,): L_test(U^k(theta)) per task
             return model.loss(adapt(model, theta, inner, SGD(alpha), weight_decay), *test)
 
-        g = maml_gradient(model, theta, inner, test, alpha, weight_decay)
+        g = maml_gradient(model, theta, inner, test, alpha, weight_decay, reuse)
         numeric = numeric_gradient(meta_loss, theta)
         assert np.linalg.norm(g - numeric) < 1e-6 * np.linalg.norm(numeric), k
         first_order = model.grad(adapt(model, theta, inner, SGD(alpha), weight_decay), *test)
         assert np.linalg.norm(g - first_order) > 1e-2 * np.linalg.norm(g)   # H terms matter
 
 
-def test_inner_steps_record_each_step(model, rng):
-    """Step i holds phi_{i-1} (before weight decay), L_i and g_i at lambda phi_{i-1}, phi_i."""
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "recompute"])
+def test_inner_steps_record_each_step(model, rng, reuse):
+    """Step i holds phi_{i-1} (before weight decay), L_i and g_i at lambda phi_{i-1}, phi_i,
+    and v -> H_i v at lambda phi_{i-1}."""
     theta, batches, lam, alpha = theta_of(model, rng), [batch(rng) for _ in range(3)], 0.8, 0.05
-    phi = theta
-    for (x, y), step in zip(batches, inner_steps(model, theta, batches, SGD(alpha), lam)):
+    phi, v = theta, rng.standard_normal(theta.shape)
+    for (x, y), step in zip(batches, inner_steps(model, theta, batches, SGD(alpha), lam, reuse)):
         loss, g = model.loss_and_grad(lam * phi, x, y)
         np.testing.assert_array_equal(step.phi_prev, phi)
         np.testing.assert_allclose(step.loss, loss, rtol=1e-14)
         np.testing.assert_allclose(step.g, g, rtol=1e-14)
         np.testing.assert_allclose(step.phi, lam * phi - alpha * g, rtol=1e-14)
+        np.testing.assert_allclose(step.hvp(v), model.hvp(lam * phi, x, y, v), rtol=1e-14)
         phi = step.phi
 
 
@@ -189,3 +194,38 @@ def test_bad_algorithm_and_weights_are_refused(model, rng):
         task_update("mamI", model, theta, batches, SGD(0.1))
     with pytest.raises(ValueError, match="one weight per mini-batch"):
         task_update("combination", model, theta, batches, SGD(0.1), weights=[1.0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [4, 5], ids=["tasks-split", "examples-split"])
+@pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
+def test_maml_reusing_the_inner_passes_equals_recomputing_them(name, n, threads):
+    """Exact MAML with each H_i v from the inner loop's kept passes == with the passes
+    recomputed at every product (float64, 1e-12), on the sine MLP 1-64-64-1 and a reduced
+    Omniglot CNN, n tasks cut by map_tasks into blocks of tasks (n = 4) or of examples (n = 5)
+    over 2 worker threads, through meta_update as training calls it, with weight decay."""
+    from minireptile import backend
+    from minireptile.models import omniglot_cnn
+    rng = np.random.default_rng(5)
+    if name == "sine-mlp":                      # B large enough for map_tasks to cut
+        model, b = mlp((1, 64, 64, 1)), 1200
+
+        def draw():
+            x = rng.uniform(-5, 5, (n, b, 1))
+            return x, rng.uniform(0.1, 5, (n, 1, 1)) * np.sin(x + rng.uniform(0, 6, (n, 1, 1)))
+    else:
+        model, b = omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), 60
+
+        def draw():
+            return rng.random((n, b, 9, 9, 1)), rng.integers(0, 3, (n, b))
+    theta = model.init(rng) + 0.1 * rng.standard_normal(model.num_params)
+    batches = [draw() for _ in range(4)]
+    old = backend._state["workers"]
+    try:
+        backend.set_threads(threads)
+        got, want = [meta_update("maml", model, theta, batches, SGD(0.02), 1.0,
+                                 weight_decay=0.99, reuse=reuse)[0] - theta
+                     for reuse in (True, False)]
+    finally:
+        backend.set_threads(old)
+    assert np.linalg.norm(got - want) < 1e-12 * np.linalg.norm(want)

@@ -263,10 +263,10 @@ def test_examples_split_error_reaches_the_caller(rng):
 @pytest.mark.parametrize("T", [4, 5], ids=["tasks-split", "examples-split"])
 @pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
 def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng):
-    """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp (float64, 1e-12), with
-    map_tasks cutting the tasks (T = 4) or their examples (T = 5) over 2 worker threads, and
-    with the threads changed between the gradient and the product (then the blocks cut
-    otherwise have their passes recomputed)."""
+    """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp, bit for bit, with map_tasks
+    cutting the tasks (T = 4) or their examples (T = 5) over 2 worker threads, and with the
+    threads changed between the gradient and the product (then the blocks cut otherwise have
+    their passes recomputed)."""
     from minireptile import backend
     if name == "sine-mlp":                      # B large enough for map_tasks to cut
         model, classes, B = models.mlp((1, 64, 64, 1)), None, 1200
@@ -284,10 +284,8 @@ def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng):
         wanted = [model.hvp(theta, x, y, v), model.hvp(theta, x, y, u)]
     finally:
         backend.set_threads(old)
-    np.testing.assert_allclose(loss, want[0], rtol=1e-12)
-    np.testing.assert_allclose(g, want[1], rtol=1e-12, atol=1e-12 * np.abs(want[1]).max())
-    for a, b in zip(got, wanted):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+    for a, b in zip([loss, g] + got, list(want) + wanted):    # the same blocks: the same bits
+        np.testing.assert_array_equal(a, b)
 
 
 def test_linearize_without_and_with_two_task_axes(xp, rng):

@@ -46,6 +46,9 @@ class Quadratic:
     def hvp(self, theta, x, y, v):
         return np.einsum("...bij,...j->...i", y, v) / x.shape[-2]
 
+    def linearize(self, theta, x, y):
+        return self.loss(theta, x, y), self.grad(theta, x, y), lambda v: self.hvp(theta, x, y, v)
+
 
 def quadratic_tasks(rng, tasks, same_batches=False):
     """(c (M, 2, D), A (M, 2, D, D)): M tasks of two equally likely mini-batches each;

@@ -450,3 +450,22 @@ def test_plot_draws_the_learning_curve(tmp_path, capsys):
     assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = _cli(["plot", str(tmp_path)], capsys)
     assert code == 2 and "no log.jsonl" in err
+
+
+def test_maml_memory_check_names_the_recompute_flag(monkeypatch):
+    """check_memory counts exact MAML's kept passes (k - 1 inner steps): where they would not
+    fit but the pass itself does, a one-line error names --maml-recompute, which fits."""
+    from minireptile import train as train_module
+    model = omniglot_cnn(5)
+    cfg = TrainConfig(algo="maml", sgd=True, inner_iters=9, meta_batch=5, inner_batch=10)
+    images = cfg.meta_batch * cfg.inner_batch
+    need = images * model.activation_values() * train_module.BYTES_PER_VALUE
+    kept = (cfg.inner_iters - 1) * images * model.activation_values() * train_module.KEPT_BYTES
+    monkeypatch.setattr(train_module, "available_memory", lambda: need + kept / 2)
+    with pytest.raises(UserError) as info:
+        train_module.check_memory(model, cfg)
+    assert "--maml-recompute" in str(info.value) and "\n" not in str(info.value)
+    train_module.check_memory(model, dataclasses.replace(cfg, maml_recompute=True))
+    train_module.check_memory(model, dataclasses.replace(cfg, algo="reptile"))
+    monkeypatch.setattr(train_module, "available_memory", lambda: need + kept * 2)
+    train_module.check_memory(model, cfg)
