@@ -8,7 +8,6 @@ The device is chosen once, at the edge: ``--device cuda`` on the command line or
 ``MINIREPTILE_DEVICE=cuda`` in the environment; NumPy (CPU) is the default.
 """
 import os
-import threading
 
 import numpy as np
 
@@ -111,7 +110,7 @@ def set_blas_threads(n):
 CHUNK_VALUES = 1 << 16     # input values per chunk of tasks: keeps a chunk's activations in cache
 
 
-def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
+def map_tasks(fn, theta, *arrays):
     """fn(theta, *arrays) computed chunk by chunk along the leading task axis.
 
     On the CPU, with theta of shape (T, ..., P), the T tasks are cut into chunks of at most
@@ -121,14 +120,11 @@ def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
     axis first) are concatenated. Tasks are independent, so this gives the same numbers as
     one call. On the GPU, or for one task, it is one call.
 
-    When the tasks do not divide evenly among the workers (5 tasks on 2 workers would run
-    3 + 2; see ``_split_examples``), the work is split along the examples instead: the first ``examples`` arrays
-    have an example axis after the task axis (x, y), and worker w takes its share of every
-    task's examples, like data-parallel training with synchronised batch norm. Layers that
-    reduce over a task's examples (batch norm) sum over the workers with ``example_sum``;
-    the results of the workers are added (``combine="sum"``: losses and gradients, sums
-    over the examples) or joined along the example axis (``"concat"``: predictions).
-    The numbers equal one call's up to the order of additions.
+    The tasks are the unit of work: 5 tasks on 2 workers run 3 + 2. Splitting each task's
+    examples over the workers instead, with batch norm's statistics summed across them at a
+    barrier (synchronised batch norm), was measured slower: 2.1x on the Omniglot
+    meta-iteration at 2 threads (24 barriers per gradient, 0.24 ms each), and even without
+    the barriers two 5-task halves took as long as the 3 + 2 split (11.9 ms a gradient).
     """
     workers = _state.get("workers", 1)
     if theta.ndim < 2 or theta.shape[0] < 2 or get_xp(theta) is not np:
@@ -136,10 +132,7 @@ def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
     t = theta.shape[0]
     values = t * max(1, arrays[0][0].size) if arrays else t
     chunks = min(t, -(-values // CHUNK_VALUES))
-    worth_a_thread = workers > 1 and values >= CHUNK_VALUES // 16   # not the sine MLP's
-    if worth_a_thread and examples and _split_examples(t, arrays[0].shape[1], workers):
-        return _map_examples(fn, theta, arrays, examples, combine, workers, chunks)
-    if worth_a_thread:
+    if values >= CHUNK_VALUES // 16:                 # worth a thread: not the sine MLP's
         chunks = max(chunks, min(workers, t))
     if chunks < 2:
         return fn(theta, *arrays)
@@ -149,7 +142,10 @@ def map_tasks(fn, theta, *arrays, examples=0, combine="sum"):
     def chunk(ab):
         with np.errstate(**errors):
             return fn(theta[ab[0]:ab[1]], *(a[ab[0]:ab[1]] for a in arrays))
-    return _join(list(_pool(workers).map(chunk, zip(bounds[:-1], bounds[1:]))), axis=0)
+    parts = list(_pool(workers).map(chunk, zip(bounds[:-1], bounds[1:])))
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column, axis=0) for column in zip(*parts))
+    return np.concatenate(parts, axis=0)
 
 
 BLOCK_VALUES = 1 << 15     # values per block of an element-wise chain: its arrays stay in L2
@@ -184,108 +180,6 @@ def map_blocks(fn, shape):
             run(block)
     else:
         list(_pool(workers).map(run, flat))
-
-
-def _split_examples(tasks, examples, workers):
-    """Whether to split the examples rather than the tasks: when a split of the tasks leaves
-    the busiest worker 15% or more above the mean (5 tasks on 2 workers: 3 against 2.5) and
-    every worker still gets at least 4 examples of each task (a synchronisation per batch
-    norm costs about as much as a few examples' work)."""
-    busiest = -(-tasks // workers) * workers / tasks
-    return busiest >= 1.15 and examples >= 4 * workers
-
-
-def _join(parts, axis):
-    """Concatenate the parts' results (arrays, or tuples of arrays) along axis."""
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(column, axis=axis) for column in zip(*parts))
-    return np.concatenate(parts, axis=axis)
-
-
-def _map_examples(fn, theta, arrays, examples, combine, workers, chunks):
-    """map_tasks split along the examples: worker w runs fn on its share of the examples of
-    every chunk of tasks, in the same order as the others, so that their ``example_sum``
-    calls meet; then the workers' results are added (in worker order) or joined."""
-    b = arrays[0].shape[1]
-    ex = np.linspace(0, b, workers + 1).astype(int)
-    tasks = np.linspace(0, theta.shape[0], max(chunks, 1) + 1).astype(int)
-    group, errors = _Group(workers), np.geterr()
-
-    def share(w):
-        _examples.group, _examples.index = group, w
-        _examples.scale = b / (ex[w + 1] - ex[w])
-        try:
-            with np.errstate(**errors):
-                return _join([fn(theta[t0:t1], *(a[t0:t1, ex[w]:ex[w + 1]] if i < examples
-                                                 else a[t0:t1] for i, a in enumerate(arrays)))
-                              for t0, t1 in zip(tasks[:-1], tasks[1:])], axis=0)
-        except BaseException:
-            group.abort()                    # the other workers stop waiting at the barrier
-            raise
-        finally:
-            _examples.group = None
-    futures = [_pool(workers).submit(share, w) for w in range(workers)]
-    errors = [f.exception() for f in futures]
-    broken = threading.BrokenBarrierError
-    failed = [e for e in errors if e is not None and not isinstance(e, broken)]
-    if failed or any(errors):
-        raise (failed or [e for e in errors if e])[0]   # the cause, not the barrier it broke
-    parts = [f.result() for f in futures]
-    if combine == "concat":
-        return _join(parts, axis=1)
-    if isinstance(parts[0], tuple):
-        return tuple(sum(column[1:], column[0]) for column in zip(*parts))
-    return sum(parts[1:], parts[0])
-
-
-class _Group:
-    """The workers sharing the examples of the same tasks: ``sum`` adds an array over them.
-
-    Every worker puts its array in its slot and waits at a barrier; then each adds the slots
-    in worker order (so all get the same bits). Two sets of slots alternate, so a worker
-    that runs ahead to the next sum cannot overwrite a slot another is still reading.
-    """
-
-    def __init__(self, workers):
-        import threading
-        self.barrier = threading.Barrier(workers)
-        self.slots = [[None] * workers, [None] * workers]
-        self.calls = [0] * workers
-
-    def sum(self, a):
-        w = _examples.index
-        slots = self.slots[self.calls[w] % 2]
-        self.calls[w] += 1
-        slots[w] = a
-        self.barrier.wait()
-        return sum(slots[1:], slots[0])
-
-    def abort(self):
-        self.barrier.abort()
-
-
-class _Examples(threading.local):
-    group = None             # the _Group of the call this thread works for, if split
-    index = 0                # this worker's place in the group
-    scale = 1.0              # all examples / this worker's examples
-
-
-_examples = _Examples()
-
-
-def example_sum(a, count):
-    """(sum of a over every worker sharing these tasks' examples, the total count).
-
-    a: this worker's partial sums (per task); count: how many values they summed. Outside an
-    example split (``map_tasks``), (a, count). Batch norm's means go through this.
-    """
-    group = _examples.group
-    return (a, count) if group is None else (group.sum(a), example_count(count))
-
-
-def example_count(count):
-    """The number of values over every worker's examples, from this worker's count."""
-    return count if _examples.group is None else count * _examples.scale
 
 
 def _pool(workers):

@@ -7,7 +7,7 @@ learned and epsilon is 1e-3. With leading task axes every task has its own stati
 """
 import numpy as np
 
-from .backend import example_sum, get_xp
+from .backend import get_xp
 
 
 def sum_rows(a):
@@ -81,21 +81,11 @@ class BatchNorm:
         """M, the number of positions per channel in a2 (..., M/r, r*C)."""
         return a2.shape[-2] * (a2.shape[-1] // self.channels)
 
-    def _means(self, *arrays):
-        """The per-channel means of arrays (..., M/r, r*C) over the M positions, each tiled
-        (..., 1, r*C). Where map_tasks splits a task's examples over workers, the partial
-        sums are added over the workers in one exchange (``backend.example_sum``)."""
-        a2 = arrays[0]
-        r = a2.shape[-1] // self.channels
-        totals = [sum_rows(a).reshape(*a.shape[:-2], r, self.channels).sum(axis=-2)
-                  for a in arrays]
-        totals, count = example_sum(get_xp(a2).stack(totals) if len(totals) > 1
-                                    else totals[0][None], self._count(a2))
-        return [self._tile(total * (1 / count), a2) for total in totals]
-
     def _mean(self, a2):
-        """The per-channel mean of a2 (..., M/r, r*C), tiled (..., 1, r*C); see _means."""
-        return self._means(a2)[0]
+        """The per-channel mean of a2 (..., M/r, r*C) over its M positions, tiled (..., 1, r*C)."""
+        r = a2.shape[-1] // self.channels
+        total = sum_rows(a2).reshape(*a2.shape[:-2], r, self.channels).sum(axis=-2)
+        return self._tile(total * (1 / self._count(a2)), a2)
 
     def _sum(self, mean2, a2):
         """The per-channel sum over a2's positions from its tiled mean: (..., 1, r*C) -> (..., C)."""
@@ -114,7 +104,7 @@ class BatchNorm:
     def backward(self, p, cache, dy, need_dx=True):
         xhat, s, x_shape = cache
         dy2 = dy.reshape(xhat.shape)                              # (..., M/r, r*C)
-        a, b = self._means(dy2, dy2 * xhat)                       # (..., 1, r*C)
+        a, b = self._mean(dy2), self._mean(dy2 * xhat)            # (..., 1, r*C)
         dx = None
         if need_dx:                                               # dx = g t, g = gamma s
             g = self._tile(p["gamma"], xhat) * s
@@ -133,7 +123,7 @@ class BatchNorm:
             return ry.reshape(x_shape), None
         g = self._tile(p["gamma"], xhat) * s                      # (..., 1, r*C)
         rx2 = rx.reshape(xhat.shape)                              # (..., M/r, r*C)
-        mean_rx, mean_xhat_rx = self._means(rx2, rx2 * xhat)
+        mean_rx, mean_xhat_rx = self._mean(rx2), self._mean(rx2 * xhat)
         ry = rx2 * g                                              # + gamma R{xhat}, expanded
         ry += xhat * (rgamma - g * mean_xhat_rx)
         ry += rbeta - g * mean_rx
@@ -142,13 +132,13 @@ class BatchNorm:
     def rbackward(self, p, rp, cache, rcache, dy, rdy, need_dx=True):
         xhat, s, x_shape = cache
         dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M/r, r*C)
-        means = [dy2, dy2 * xhat, rdy2, rdy2 * xhat] + ([dy2 * rcache[0]] if rcache else [])
-        a, b, ra, rb, *mean_dy_rx = self._means(*means)                   # (..., 1, r*C)
+        a, b = self._mean(dy2), self._mean(dy2 * xhat)                # (..., 1, r*C)
+        ra, rb = self._mean(rdy2), self._mean(rdy2 * xhat)
         gamma = self._tile(p["gamma"], xhat)
         g, rg = gamma * s, self._tile(rp["gamma"], xhat) * s
         if rcache is not None:
             rx2, mean_rx, mean_xhat_rx = rcache
-            rb += s * (mean_dy_rx[0] - mean_xhat_rx * b - mean_rx * a)
+            rb += s * (self._mean(dy2 * rx2) - mean_xhat_rx * b - mean_rx * a)
             rg -= gamma * s * s * mean_xhat_rx                    # + gamma R{s}
         rdx = None
         if need_dx:        # R{dx} = R{g} dy + g rdy - xhat c1 - rx c2 - c0, R{xhat} expanded

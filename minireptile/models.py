@@ -43,7 +43,7 @@ class Passes(NamedTuple):
 
 
 def _name(block):
-    """A block of ``map_tasks`` (tasks and examples), named by its slice of numbered examples."""
+    """A chunk of ``map_tasks``, named by its slice of the numbered tasks."""
     return int(block.flat[0]), block.shape
 
 
@@ -124,7 +124,7 @@ class Sequential:
     def predict(self, theta, x):
         """The model's output (logits or regression values), shape (..., B, *output_shape)."""
         self._check(theta, x)
-        return map_tasks(self._predict, theta, x, examples=1, combine="concat")
+        return map_tasks(self._predict, theta, x)
 
     def _predict(self, theta, x):
         return self._forward(self.views(theta), x)[0]
@@ -132,7 +132,7 @@ class Sequential:
     def loss(self, theta, x, y):
         """The loss, one value per task: shape theta.shape[:-1]."""
         self._check(theta, x, y)
-        return map_tasks(self._loss, theta, x, y, examples=2)
+        return map_tasks(self._loss, theta, x, y)
 
     def _loss(self, theta, x, y):
         return self.loss_fn.forward(self._predict(theta, x), y)[0]
@@ -140,7 +140,7 @@ class Sequential:
     def loss_and_grad(self, theta, x, y):
         """(L, dL/dtheta): shapes theta.shape[:-1] and theta.shape."""
         self._check(theta, x, y)
-        return map_tasks(self._loss_and_grad, theta, x, y, examples=2)
+        return map_tasks(self._loss_and_grad, theta, x, y)
 
     def _loss_and_grad(self, theta, x, y):
         return self._gradient(theta, x, y, keep=False)[:2]
@@ -186,7 +186,7 @@ class Sequential:
     def loss_grad_hvp(self, theta, x, y, v):
         """(L, g, H v) in one call: the gradient's passes, then the R-passes along v."""
         self._check(theta, x, y, v)
-        return map_tasks(self._loss_grad_hvp, theta, x, y, v, examples=2)
+        return map_tasks(self._loss_grad_hvp, theta, x, y, v)
 
     def _loss_grad_hvp(self, theta, x, y, v):
         loss, g, passes = self._gradient(theta, x, y, keep=True)
@@ -205,14 +205,13 @@ class Sequential:
         recompute are saved. Exact MAML calls it once per inner step (``meta.inner_steps``).
         Results equal ``loss_and_grad`` and ``hvp``'s to the last bit.
 
-        ``map_tasks`` cuts the work into blocks of tasks and examples; ``ids`` numbers the
-        examples (theta's task axes and x's example axis), so a block's slice of it names the
-        block: hvp's map_tasks cuts the same blocks and finds each one's passes.
+        ``map_tasks`` cuts the tasks into chunks; ``ids`` numbers the tasks, so a chunk's
+        slice of it names the chunk: hvp's map_tasks cuts the same chunks and finds each
+        one's passes.
         """
         self._check(theta, x, y)
-        examples = x.shape[:theta.ndim]                         # (..., B)
-        ids = np.arange(math.prod(examples)).reshape(examples)
-        kept = {}                                               # block -> Passes
+        ids = np.arange(math.prod(theta.shape[:-1])).reshape(theta.shape[:-1])
+        kept = {}                                               # chunk -> Passes
 
         def gradient(th, xs, ys, block):
             loss, g, kept[_name(block)] = self._gradient(th, xs, ys, keep=True)
@@ -226,9 +225,9 @@ class Sequential:
 
         def hvp(v):
             self._check(theta, x, y, v)
-            return map_tasks(rpasses, v, x, y, ids, theta, examples=3)
+            return map_tasks(rpasses, v, x, y, ids, theta)
 
-        loss, g = map_tasks(gradient, theta, x, y, ids, examples=3)
+        loss, g = map_tasks(gradient, theta, x, y, ids)
         return loss, g, hvp
 
 

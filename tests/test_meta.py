@@ -197,13 +197,13 @@ def test_bad_algorithm_and_weights_are_refused(model, rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [4, 5], ids=["tasks-split", "examples-split"])
+@pytest.mark.parametrize("n", [4, 5], ids=["4-tasks", "5-tasks"])
 @pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
 def test_maml_reusing_the_inner_passes_equals_recomputing_them(name, n, threads):
     """Exact MAML with each H_i v from the inner loop's kept passes == with the passes
     recomputed at every product (float64, 1e-12), on the sine MLP 1-64-64-1 and a reduced
-    Omniglot CNN, n tasks cut by map_tasks into blocks of tasks (n = 4) or of examples (n = 5)
-    over 2 worker threads, through meta_update as training calls it, with weight decay."""
+    Omniglot CNN, n = 4 or 5 tasks cut by map_tasks into chunks over 1 or 2 worker threads,
+    through meta_update as training calls it, with weight decay."""
     from minireptile import backend
     from minireptile.models import omniglot_cnn
     rng = np.random.default_rng(5)

@@ -209,62 +209,13 @@ def test_worker_threads_give_the_same_numbers(rng):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("make", ["omniglot", "miniimagenet", "mlp"])
-@pytest.mark.parametrize("workers", [2, 3])
-def test_examples_split_over_workers(rng, make, workers):
-    """5 tasks on 2 or 3 workers: map_tasks splits every task's examples over the workers,
-    batch norm's statistics are summed over them (synchronised batch norm) and the MSE
-    divides by all of a task's examples, so the loss, gradient, H v and predictions equal
-    one call's up to rounding (float64)."""
-    from minireptile import backend
-    from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
-    model, shape = {"omniglot": (omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), (9, 9, 1)),
-                    "miniimagenet": (miniimagenet_cnn(3, input_shape=(9, 9, 2), filters=4),
-                                     (9, 9, 2)),
-                    "mlp": (mlp((3, 16, 2)), (3,))}[make]
-    theta = np.stack([model.init(rng) for _ in range(5)])
-    batch = 4000 if make == "mlp" else 301               # the MLP: enough values for threads
-    x = rng.normal(size=(5, batch, *shape))
-    y = rng.normal(size=(5, batch, 2)) if make == "mlp" else rng.integers(0, 3, (5, batch))
-    v = rng.normal(size=theta.shape)
-
-    def passes():
-        return (*model.loss_grad_hvp(theta, x, y, v), model.predict(theta, x),
-                model.loss(theta, x, y))
-    one, split = _with_threads(1, passes), _with_threads(workers, passes)
-    calls = []
-    real = backend._map_examples
-    try:
-        backend._map_examples = lambda *a: calls.append(1) or real(*a)
-        _with_threads(workers, passes)
-    finally:
-        backend._map_examples = real
-    assert len(calls) == 3                               # every call took the example split
-    for a, b in zip(one, split):
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
-
-
-def test_examples_split_error_reaches_the_caller(rng):
-    """An exception in one worker of an example split stops the others waiting at the
-    batch-norm barrier and reaches the caller (no hang)."""
-    from minireptile import backend
-
-    def fn(theta, x):
-        if backend._examples.index == 1:
-            raise ArithmeticError("worker 1 failed")
-        return backend.example_sum(x.sum(axis=1), x.shape[1])[0]
-    theta, x = np.zeros((5, 3)), np.ones((5, 40000))
-    with pytest.raises(ArithmeticError, match="worker 1 failed"):
-        _with_threads(2, lambda: backend.map_tasks(fn, theta, x, examples=1))
-
-
 @pytest.mark.parametrize("threads", [(1, 1), (2, 2), (1, 2), (2, 1)],
                          ids=["1", "2", "1-then-2", "2-then-1"])
-@pytest.mark.parametrize("T", [4, 5], ids=["tasks-split", "examples-split"])
+@pytest.mark.parametrize("T", [4, 5], ids=["4-tasks", "5-tasks"])
 @pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
 def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng):
     """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp, bit for bit, with map_tasks
-    cutting the tasks (T = 4) or their examples (T = 5) over 2 worker threads, and with the
+    cutting 4 or 5 tasks into chunks over 2 worker threads, and with the
     threads changed between the gradient and the product (then the blocks cut otherwise have
     their passes recomputed)."""
     from minireptile import backend
