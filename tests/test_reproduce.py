@@ -79,6 +79,28 @@ def test_unknown_experiment_or_budget_is_refused():
         reproduce.run("fig1", budget="huge")
 
 
+def test_ways_is_for_table2_only(capsys):
+    """--ways chooses Table 2's rows; any other experiment refuses it in one line, exit 2."""
+    assert main(["reproduce", "fig1", "--budget", "tiny", "--ways", "5"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--ways" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "table2", "--ways", "7"])
+
+
+@pytest.mark.slow
+def test_table2_ways_writes_only_those_rows(tmp_path):
+    """reproduce table2 --ways 5 trains and evaluates the 5-way run alone: 4 rows, all 5-way,
+    one learning curve, and no 20-way folder."""
+    argv = ["reproduce", "table2", "--budget", "tiny", "--ways", "5", "--threads", "1",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    folder = tmp_path / "tiny" / "table2"
+    result = json.loads((folder / "table2.json").read_text())
+    assert [r["classes"] for r in result["rows"]] == [5, 5, 5, 5]
+    assert list(result["learning_curves"]) == ["5"] and not (folder / "o20").exists()
+
+
 def test_every_experiment_has_every_budget():
     import importlib
     for name in reproduce.EXPERIMENTS:

@@ -31,6 +31,9 @@ def register(sub):
                    help="passed to every command (default $MINIREPTILE_DEVICE or cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="passed to every command (CPU threads; default: theirs)")
+    p.add_argument("--ways", type=int, choices=(5, 20), default=None,
+                   help="table2 only: the rows of this N alone (default both), e.g. the 5-way "
+                        "rows while the 20-way run is still training")
     p.add_argument("--out", default="reproduce", metavar="DIR",
                    help="results folder (default ./reproduce): DIR/EXPERIMENT for the paper "
                         "budget, DIR/BUDGET/EXPERIMENT for the others")
@@ -39,5 +42,6 @@ def register(sub):
 
 def run(args):
     from ..reproduce import run as reproduce
-    path = reproduce(args.experiment, args.budget, args.out, args.device, args.threads)
+    path = reproduce(args.experiment, args.budget, args.out, args.device, args.threads,
+                     ways=args.ways)
     print(f"results: {path}")

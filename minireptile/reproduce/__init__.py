@@ -18,18 +18,27 @@ again skips what is done and resumes what is not.
 """
 import importlib
 
+from ..errors import UserError
 from .common import Session
 
 EXPERIMENTS = ("table2", "fig1", "fig3", "fig4", "maml")
 BUDGETS = ("paper", "quick", "tiny")
 
 
-def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None):
-    """Run (or resume) one experiment; returns the path of its JSON."""
+def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None,
+        ways=None):
+    """Run (or resume) one experiment; returns the path of its JSON.
+
+    ways: table2 only, the rows of one N (5 or 20) instead of both."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
     module = importlib.import_module(f"{__name__}.{experiment}")
+    settings = module.BUDGETS[budget]
+    if ways is not None:
+        if experiment != "table2":
+            raise UserError(f"--ways chooses Table 2's rows; {experiment} has no ways")
+        settings = {ways: settings[ways]}
     session = Session(experiment, budget, out, device, threads, stream)
-    return module.run(session, module.BUDGETS[budget])
+    return module.run(session, settings)

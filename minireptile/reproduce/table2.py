@@ -55,7 +55,7 @@ BUDGETS = {
 
 def run(s, budget):
     rows, curves = [], {}
-    for n in (5, 20):
+    for n in budget:                     # 5 and 20, or the one of --ways
         b = budget[n]
         folder = s.path(f"o{n}")
         flags = (COMMANDS[n].format(**b).split() + ["--eval-interval", str(b["interval"]),
