@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 from .backend import get_xp
-from .batchnorm import BatchNorm, sum_rows
-from .layers import glorot_uniform, swap
+from .batchnorm import BatchNorm
+from .layers import glorot_uniform, sum_rows, swap
 
 __all__ = ["BatchNorm", "Conv2d", "Flatten", "MaxPool2d", "conv_geometry"]
 

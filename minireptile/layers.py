@@ -30,6 +30,15 @@ def swap(a):
     return a.swapaxes(-1, -2)
 
 
+def sum_rows(a):
+    """sum over axis -2: (..., M, C) -> (..., 1, C).
+
+    A product with a row of ones runs in BLAS: several times faster than
+    ``a.sum(axis=-2)``, whose inner loop is only C long (bias gradients, batch norm's means).
+    """
+    return get_xp(a).ones((1, a.shape[-2]), a.dtype) @ a
+
+
 def glorot_uniform(rng, shape, fan_in, fan_out):
     """TensorFlow's default kernel initialiser, U[-l, l] with l = sqrt(6 / (fan_in + fan_out))."""
     limit = np.sqrt(6.0 / (fan_in + fan_out))
@@ -53,24 +62,30 @@ class Linear:
                 "b": np.zeros(self.d_out)}
 
     def forward(self, p, x):
-        return x @ p["w"] + p["b"][..., None, :], x
+        y = x @ p["w"]
+        y += p["b"][..., None, :]
+        return y, x
 
     def backward(self, p, x, dy, need_dx=True):
         dx = dy @ swap(p["w"]) if need_dx else None
-        return dx, {"w": swap(x) @ dy, "b": dy.sum(axis=-2)}
+        return dx, {"w": swap(x) @ dy, "b": sum_rows(dy)[..., 0, :]}
 
     def rforward(self, p, rp, x, rx):
-        ry = x @ rp["w"] + rp["b"][..., None, :]               # R{y} = x rw + rb (+ rx w)
+        ry = x @ rp["w"]                                        # R{y} = x rw + rb (+ rx w)
+        ry += rp["b"][..., None, :]
         if rx is not None:
-            ry = ry + rx @ p["w"]
+            ry += rx @ p["w"]
         return ry, rx
 
     def rbackward(self, p, rp, x, rx, dy, rdy, need_dx=True):
-        rdx = rdy @ swap(p["w"]) + dy @ swap(rp["w"]) if need_dx else None   # R{dy w^T}
-        rdw = swap(x) @ rdy                                                   # R{x^T dy}
+        rdx = None
+        if need_dx:                                             # R{dy w^T}
+            rdx = rdy @ swap(p["w"])
+            rdx += dy @ swap(rp["w"])
+        rdw = swap(x) @ rdy                                     # R{x^T dy}
         if rx is not None:
-            rdw = rdw + swap(rx) @ dy
-        return rdx, {"w": rdw, "b": rdy.sum(axis=-2)}
+            rdw += swap(rx) @ dy
+        return rdx, {"w": rdw, "b": sum_rows(rdy)[..., 0, :]}
 
 
 class Elementwise:
