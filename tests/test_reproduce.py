@@ -99,6 +99,17 @@ def test_table2_ways_writes_only_those_rows(tmp_path):
     result = json.loads((folder / "table2.json").read_text())
     assert [r["classes"] for r in result["rows"]] == [5, 5, 5, 5]
     assert list(result["learning_curves"]) == ["5"] and not (folder / "o20").exists()
+    assert "--ways 5" in result["command"] and "--ways 5" in (folder / "table2.md").read_text()
+    # an evaluation run by hand (no record of reproduce running it): its own command is listed
+    out = folder / "o5" / "eval-1shot-transductive.json"
+    data = json.loads(out.read_text())
+    data["command"] = "minireptile eval --by-hand"
+    out.write_text(json.dumps(data))
+    (folder / "o5" / "eval-1shot-transductive.log.runs.jsonl").unlink()
+    assert main(argv) == 0
+    commands = json.loads((folder / "table2.json").read_text())["commands"]
+    assert [c.get("run_outside_reproduce") for c in commands
+            if c["command"] == "minireptile eval --by-hand"] == [True]
 
 
 def test_every_experiment_has_every_budget():

@@ -40,5 +40,5 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
         if experiment != "table2":
             raise UserError(f"--ways chooses Table 2's rows; {experiment} has no ways")
         settings = {ways: settings[ways]}
-    session = Session(experiment, budget, out, device, threads, stream)
+    session = Session(experiment, budget, out, device, threads, stream, ways)
     return module.run(session, settings)

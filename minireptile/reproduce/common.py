@@ -33,9 +33,11 @@ class Session:
     device, threads: passed on to every command (``--device``, ``--threads``) when given.
     """
 
-    def __init__(self, experiment, budget, out, device=None, threads=None, stream=None):
+    def __init__(self, experiment, budget, out, device=None, threads=None, stream=None,
+                 ways=None):
         self.experiment, self.budget, self.device, self.threads = (experiment, budget, device,
                                                                    threads)
+        self.ways = ways                  # table2 --ways: the rows of one N only
         self.folder = os.path.join(out, *(() if budget == "paper" else (budget,)), experiment)
         self.stream = stream or sys.stdout
         self.records = []
@@ -92,6 +94,7 @@ class Session:
         if not record["invocations"] and os.path.exists(results):   # trained outside reproduce
             record["wall_seconds"] = round(read_json(results)["total_seconds"], 1)
             record["timed_by"] = "results.json (total_seconds)"
+            _ran_outside(record, results)
         return (read_json(results) if os.path.exists(results) else None), record
 
     def evaluate(self, folder, flags, out):
@@ -107,6 +110,8 @@ class Session:
                     os.remove(stale)
         argv = ["eval", "--checkpoint", folder, *flags, *self.device_flags(), "--out", out]
         record = self.command(argv, log, done=done)
+        if not record["invocations"]:                      # evaluated outside reproduce
+            _ran_outside(record, out)
         return read_json(out), record
 
     def finish(self, results, markdown, draw=None):
@@ -131,6 +136,14 @@ class Session:
         return name + ".json"
 
 
+def _ran_outside(record, results):
+    """A command run by hand rather than by reproduce: record the command its results file
+    says ran (it may differ in --threads or --split), not the one reproduce would run."""
+    ran = read_json(results).get("command")
+    if ran and ran != record["command"]:
+        record["command"], record["run_outside_reproduce"] = ran, True
+
+
 def refuse_busy(folder, seconds=BUSY_SECONDS):
     """UserError when folder's checkpoint was written in the last `seconds`: another process
     may be training it, and two writers would spoil its resume."""
@@ -147,8 +160,9 @@ def reproduce_command(session):
     out = os.path.dirname(session.folder)
     if session.budget != "paper":
         out = os.path.dirname(out)
+    ways = [] if session.ways is None else ["--ways", str(session.ways)]
     words = ["minireptile", "reproduce", session.experiment, "--budget", session.budget,
-             *session.device_flags(), "--out", out]
+             *ways, *session.device_flags(), "--out", out]
     return shlex.join(words)
 
 
