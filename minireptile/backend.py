@@ -160,8 +160,9 @@ def map_blocks(fn, shape):
     between operations, and the blocks run on the ``set_threads`` workers (NumPy's
     ufuncs release the GIL). index: a tuple of slices into arrays of that shape. Arrays
     under BLOCKS_FROM values (a meta-batch's), and any on the GPU, get one call.
-    (Measured, 50 tasks x 113,221 float32 parameters: Adam's step 35 ms against 63 ms
-    unblocked on one thread, 12.5 ms against 20 ms on two; with 5 tasks 0.8 ms against 0.7.)
+    (Measured on a loaded 2-core machine, 50 tasks x 113,221 float32 parameters: Adam's step
+    35-40 ms against 49-63 ms unblocked on one thread, 12.5 ms against 20 ms on two; with 5
+    tasks 0.8 ms against 0.7, hence BLOCKS_FROM.)
     """
     if np.prod(shape) < BLOCKS_FROM or _state["device"] == "cuda":
         fn((Ellipsis,))

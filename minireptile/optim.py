@@ -77,9 +77,9 @@ class Adam:
         self.t += 1
         lr_t = float(self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t))
         shape = np.broadcast_shapes(theta.shape, g.shape, self.v.shape)
-        m, v, phi = (xp.empty(shape, theta.dtype) if self.beta1 else g,
-                     xp.empty(shape, theta.dtype), xp.empty(shape, theta.dtype))
         m0, v0, theta, g = (xp.broadcast_to(a, shape) for a in (self.m, self.v, theta, g))
+        m = xp.empty(shape, theta.dtype) if self.beta1 else g   # beta1 = 0: m = g
+        v, phi = xp.empty(shape, theta.dtype), xp.empty(shape, theta.dtype)
 
         def block(i):              # the update on one block of the flat arrays, in place
             if self.beta1:
