@@ -21,7 +21,7 @@ class SGD:
     def state_dict(self):
         return {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, xp=np):
         pass
 
     def reset(self):

@@ -287,10 +287,13 @@ def test_mismatched_checkpoint_is_refused(tmp_path, capsys):
     assert (folder / checkpoint.FILENAME).read_bytes() == before
 
 
-def test_finished_run_is_extended_by_a_larger_meta_iters(tmp_path, capsys):
+@pytest.mark.parametrize("inner", [[], ["--sgd"]], ids=["adam", "sgd"])
+def test_finished_run_is_extended_by_a_larger_meta_iters(tmp_path, capsys, inner):
+    """Resuming restores the inner optimizer's state: Adam's moments, or SGD's none."""
     folder = tmp_path / "ck"
-    assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
-    longer = [a if a != "12" else "15" for a in TINY]
+    assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY, *inner],
+                capsys)[0] == 0
+    longer = [a if a != "12" else "15" for a in TINY] + inner
     code, out, err = _cli(["train", "omniglot", "--checkpoint", str(folder), *longer], capsys)
     assert code == 0, err
     assert "resuming from iteration 12" in out
