@@ -4,6 +4,10 @@ tables, resuming; and the pieces (tables, intervals, the stop watcher) on their 
 No test asserts an accuracy: the tiny budget trains for a few iterations.
 """
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -70,6 +74,75 @@ def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
         common.refuse_busy(str(tmp_path / "run"))
     common.refuse_busy(str(tmp_path / "run"), seconds=0)
     common.refuse_busy(str(tmp_path / "none"))
+
+
+def _sleeper():
+    """A live process that is not this one, to hold a lock."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def test_claim_skips_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    log = str(tmp_path / "run.log")
+    sleeper = _sleeper()
+    other = f"pid {sleeper.pid} on {socket.gethostname()}"
+    (tmp_path / "run.log.lock").write_text(other)
+    try:
+        with common.claim(log) as holder:
+            assert holder == other
+        assert common.holder(log) == other and (tmp_path / "run.log.lock").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert common.holder(log) is None                      # its process is gone: stale
+    with common.claim(log) as holder:
+        assert holder is None
+        assert (tmp_path / "run.log.lock").read_text() == f"pid {os.getpid()} on " \
+                                                          f"{socket.gethostname()}"
+    assert not (tmp_path / "run.log.lock").exists()
+    assert not list(tmp_path.glob("run.log.lock.*"))        # the aside copy is gone too
+    (tmp_path / "run.log.lock").write_text("pid 1 on another-host")
+    with common.claim(log) as holder:                      # another host's: left alone
+        assert holder == "pid 1 on another-host"
+
+
+@pytest.mark.slow
+def test_a_command_held_by_another_process_is_skipped_then_taken_up(tmp_path, capsys):
+    """fig3 with g2's command held by a live process: every other run trains, no report;
+    once the holder is gone, the same command trains g2 alone and writes the report."""
+    argv = ["reproduce", "fig3", "--budget", "tiny", "--threads", "1", "--out",
+            str(tmp_path)]
+    folder = tmp_path / "tiny" / "fig3"
+    (folder / "runs").mkdir(parents=True)
+    sleeper = _sleeper()
+    (folder / "runs" / "g2.log.lock").write_text(f"pid {sleeper.pid} on {socket.gethostname()}")
+    try:
+        assert main(argv) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = capsys.readouterr().out
+    assert f"skipped, pid {sleeper.pid}" in out and "still running in other processes" in out
+    assert not (folder / "fig3.json").exists() and not (folder / "runs" / "g2").exists()
+    assert len(list(folder.rglob("results.json"))) == len(fig3.CURVES) - 1
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("running:") == 1
+    assert (folder / "fig3.json").exists()
+    assert set(_runs(folder).values()) == {1}                # no command ran twice
+
+
+@pytest.mark.slow
+def test_jobs_share_the_commands(tmp_path):
+    """--jobs 2: two processes, each command run once, one report."""
+    argv = ["reproduce", "fig3", "--budget", "tiny", "--threads", "1", "--jobs", "2",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    folder = tmp_path / "tiny" / "fig3"
+    assert json.loads((folder / "fig3.json").read_text())["runs"].keys() == \
+        {c[0] for c in fig3.CURVES}
+    runs = _runs(folder)
+    assert len(runs) == len(fig3.CURVES) and set(runs.values()) == {1}, runs
+    assert (folder / "jobs" / "1.out").exists()
+    assert not list(folder.rglob("*.lock"))
 
 
 def test_unknown_experiment_or_budget_is_refused():

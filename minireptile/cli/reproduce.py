@@ -34,6 +34,10 @@ def register(sub):
     p.add_argument("--ways", type=int, choices=(5, 20), default=None,
                    help="table2 only: the rows of this N alone (default both), e.g. the 5-way "
                         "rows while the 20-way run is still training")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run the experiment's commands in N processes at once, each taking "
+                        "the next free one (default 1); with --threads 1, one per core. "
+                        "Starting the same command N times does the same")
     p.add_argument("--out", default="reproduce", metavar="DIR",
                    help="results folder (default ./reproduce): DIR/EXPERIMENT for the paper "
                         "budget, DIR/BUDGET/EXPERIMENT for the others")
@@ -43,5 +47,6 @@ def register(sub):
 def run(args):
     from ..reproduce import run as reproduce
     path = reproduce(args.experiment, args.budget, args.out, args.device, args.threads,
-                     ways=args.ways)
-    print(f"results: {path}")
+                     ways=args.ways, jobs=args.jobs)
+    if path is not None:
+        print(f"results: {path}")

@@ -11,7 +11,8 @@
 Each runs the ``minireptile train``/``eval``/``sine`` code (``common.Session``) at a budget:
 ``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
 iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
-meaningful numbers). It writes EXPERIMENT.json (every number with its 95% interval, every
+meaningful numbers). Several processes share its commands (``jobs``, ``common.claim``). It
+writes EXPERIMENT.json (every number with its 95% interval, every
 command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us) and, with
 matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
 again skips what is done and resumes what is not.
@@ -19,6 +20,7 @@ again skips what is done and resumes what is not.
 import importlib
 
 from ..errors import UserError
+from . import common
 from .common import Session
 
 EXPERIMENTS = ("table2", "fig1", "fig3", "fig4", "maml")
@@ -26,10 +28,13 @@ BUDGETS = ("paper", "quick", "tiny")
 
 
 def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None,
-        ways=None):
-    """Run (or resume) one experiment; returns the path of its JSON.
+        ways=None, jobs=1):
+    """Run (or resume) one experiment; returns the path of its JSON, or None while other
+    processes still run some of its commands (the last of them writes it).
 
-    ways: table2 only, the rows of one N (5 or 20) instead of both."""
+    ways: table2 only, the rows of one N (5 or 20) instead of both. jobs: start jobs - 1
+    more processes running this experiment with this one, each taking the next command
+    that no other holds; wait for them, then write the report."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if budget not in BUDGETS:
@@ -40,5 +45,20 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
         if experiment != "table2":
             raise UserError(f"--ways chooses Table 2's rows; {experiment} has no ways")
         settings = {ways: settings[ways]}
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: expected 1 or more processes")
     session = Session(experiment, budget, out, device, threads, stream, ways)
-    return module.run(session, settings)
+    helpers = [common.start_copy(session, i) for i in range(1, jobs)]
+    try:
+        while True:
+            path = module.run(session, settings)
+            if not session.pending:
+                return path
+            if helpers:                                  # ours: wait, then look again
+                common.wait_for(session, helpers)
+                helpers = []
+            elif any(common.holder(log) for log in session.pending):
+                return None                              # another command's: it finishes
+            session = Session(experiment, budget, out, device, threads, stream, ways)
+    finally:
+        common.stop(helpers)

@@ -6,12 +6,18 @@ process through the command line's own ``main``: the one core, ``meta.py``, does
 Each command's exact text, its wall-clock and CPU seconds and its output (a log file beside
 its folder) are recorded. A command whose results file exists is skipped, so running an
 experiment again resumes it: ``train --checkpoint DIR`` continues an interrupted run.
+
+Several processes share one experiment: start the same ``minireptile reproduce`` command
+once per core (``--threads 1``; ``--jobs N`` starts them). Each command takes a lock file
+beside its output (``claim``) and a process skips the commands others hold, so each takes
+the next free one; the last to finish writes the report (``Session.pending``).
 """
 import contextlib
 import json
 import os
 import platform
 import shlex
+import socket
 import sys
 import threading
 import time
@@ -41,6 +47,7 @@ class Session:
         self.folder = os.path.join(out, *(() if budget == "paper" else (budget,)), experiment)
         self.stream = stream or sys.stdout
         self.records = []
+        self.pending = {}                 # output path -> the process holding its command
         os.makedirs(self.folder, exist_ok=True)
 
     def path(self, *parts):
@@ -53,19 +60,29 @@ class Session:
         flags = [] if self.device is None else ["--device", self.device]
         return flags + ([] if self.threads is None else ["--threads", str(self.threads)])
 
-    def command(self, argv, log, done=None, stop=None, call=None):
+    def command(self, argv, log, done=None, stop=None, call=None, before=None):
         """Run ``minireptile ARGV`` unless the file ``done`` exists; record it either way.
 
         Its output goes to the terminal and is appended to ``log``; every run of it appends
         a line (command, seconds, exit status) to ``log + '.runs.jsonl'``, which the
         record sums. stop: a function; once it returns True the command is interrupted like
         Ctrl-C (it saves its checkpoint), which ends it without error. call: what runs
-        the command (default the command line's ``main``).
+        the command (default the command line's ``main``). before: called once this process
+        holds the command (``claim``), before it runs. Returns the record, or None while
+        another process holds the command (it is then in ``pending``).
         """
         text = "minireptile " + shlex.join(argv)
         if not (done and os.path.exists(done)):
-            self.say("running: " + text)
-            run_command(argv, log, stop, call)
+            with claim(log) as holder:
+                if holder:
+                    self.pending[log] = holder
+                    self.say(f"skipped, {holder} runs it: {text}")
+                    return None
+                if not (done and os.path.exists(done)):     # it may have finished since
+                    if before is not None:
+                        before()
+                    self.say("running: " + text)
+                    run_command(argv, log, stop, call)
         runs = read_jsonl(log + ".runs.jsonl")
         record = {"command": text, "log": os.path.relpath(log, self.folder),
                   "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 2),
@@ -81,16 +98,18 @@ class Session:
         stop_at: end once the checkpoint reaches this iteration (a multiple of
         --checkpoint-interval; a second or so later, as Ctrl-C would) although --meta-iters
         is larger: epsilon is annealed over --meta-iters (the paper's schedule, cut short).
-        Returns (results or None when stopped, record).
+        Returns (results or None when stopped, record); (None, None) while another
+        process holds it.
         """
         results = os.path.join(folder, "results.json")
         argv = ["train", "omniglot", *flags, *self.device_flags(), "--checkpoint", folder]
         stopped = stop_at is not None and iteration(folder) >= stop_at
         stop = None if stop_at is None else (lambda: iteration(folder) >= stop_at)
         done = folder if stopped else results
-        if not os.path.exists(done):
-            refuse_busy(folder)
-        record = self.command(argv, folder + ".log", done=done, stop=stop)
+        record = self.command(argv, folder + ".log", done=done, stop=stop,
+                              before=lambda: refuse_busy(folder))
+        if record is None:
+            return None, None
         if not record["invocations"] and os.path.exists(results):   # trained outside reproduce
             record["wall_seconds"] = round(read_json(results)["total_seconds"], 1)
             record["timed_by"] = "results.json (total_seconds)"
@@ -100,7 +119,8 @@ class Session:
     def evaluate(self, folder, flags, out):
         """``minireptile eval --checkpoint FOLDER FLAGS --out OUT``, skipped while OUT holds
         the evaluation of the checkpoint's current iteration (or the checkpoint is gone: a
-        finished run may drop it). Returns (results, record)."""
+        finished run may drop it). Returns (results, record); (None, None) while another
+        process holds it."""
         done = out if (os.path.exists(out) and (not checkpoint.exists(folder) or read_json(
             out).get("iteration") == iteration(folder))) else None
         log = os.path.splitext(out)[0] + ".log"
@@ -110,9 +130,18 @@ class Session:
                     os.remove(stale)
         argv = ["eval", "--checkpoint", folder, *flags, *self.device_flags(), "--out", out]
         record = self.command(argv, log, done=done)
+        if record is None:
+            return None, None
         if not record["invocations"]:                      # evaluated outside reproduce
             _ran_outside(record, out)
         return read_json(out), record
+
+    def unfinished(self):
+        """What an experiment returns in place of ``finish`` while other processes hold some
+        of its commands: None; whichever process finishes last writes the report."""
+        self.say(f"{len(self.pending)} command(s) still running in other processes; the last "
+                 f"process to finish writes {self.experiment}.json")
+        return None
 
     def finish(self, results, markdown, draw=None):
         """Write EXPERIMENT.json (results, commands, times, machine), EXPERIMENT.md and, with
@@ -144,6 +173,72 @@ def _ran_outside(record, results):
         record["command"], record["run_outside_reproduce"] = ran, True
 
 
+@contextlib.contextmanager
+def claim(log):
+    """Hold LOG.lock while running the command that writes LOG: yields None when this
+    process got it, else the holder ("pid P on HOST").
+
+    The lock appears whole (written aside, then hard-linked into place, which fails when it
+    exists). A lock whose process has died on this host is taken over; one from another
+    host is left to be deleted by hand."""
+    lock, me = log + ".lock", f"pid {os.getpid()} on {socket.gethostname()}"
+    aside = f"{lock}.{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
+    with open(aside, "w") as f:
+        f.write(me)
+    try:
+        while True:
+            try:
+                os.link(aside, lock)
+                break
+            except FileExistsError:
+                holder = _read_lock(lock)
+                if holder not in (None, me) and _alive(holder):   # me: a reused pid's
+                    yield holder
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)                          # stale: its process is gone
+    finally:
+        os.remove(aside)
+    try:
+        yield None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
+def holder(log):
+    """The live process holding LOG's command ("pid P on HOST"), or None."""
+    who = _read_lock(log + ".lock")
+    return who if who and _alive(who) else None
+
+
+def _read_lock(lock):
+    try:
+        with open(lock) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _alive(holder):
+    """Whether the process named "pid P on HOST" still runs (assumed so on another host)."""
+    try:
+        pid, host = holder.removeprefix("pid ").split(" on ", 1)
+        pid = int(pid)
+    except ValueError:
+        return False                             # not a lock this code wrote
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                      # someone else's process: alive
+        return True
+    return True
+
+
 def refuse_busy(folder, seconds=BUSY_SECONDS):
     """UserError when folder's checkpoint was written in the last `seconds`: another process
     may be training it, and two writers would spoil its resume."""
@@ -153,6 +248,41 @@ def refuse_busy(folder, seconds=BUSY_SECONDS):
         raise UserError(f"{folder}: its checkpoint was written {age:.0f} s ago, so another "
                         f"process may be training it; let it finish (or stop it) and run "
                         f"this again in {seconds - age:.0f} s")
+
+
+def start_copy(session, number):
+    """Start this session's ``minireptile reproduce`` command in another process (job
+    NUMBER of ``--jobs``), its output in FOLDER/jobs/NUMBER.out."""
+    import subprocess
+    argv = [sys.executable, "-m", "minireptile", *shlex.split(reproduce_command(session))[1:]]
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(         # this process's minireptile
+        [here, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    out = session.path("jobs", f"{number}.out")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "a") as f:
+        process = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+    session.say(f"job {number}: pid {process.pid}, output in {out}")
+    process.out = out
+    return process
+
+
+def wait_for(session, processes):
+    """Wait for the --jobs processes; UserError naming the output of one that failed."""
+    session.say(f"waiting for {len(processes)} more job(s) to finish their commands")
+    for p in processes:
+        if p.wait() != 0:
+            raise UserError(f"a --jobs process (pid {p.pid}) failed with exit {p.returncode}; "
+                            f"see {p.out}")
+
+
+def stop(processes):
+    """SIGTERM to the --jobs processes still running (each saves its checkpoint), then wait."""
+    for p in processes:
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
+        p.wait()
 
 
 def reproduce_command(session):

@@ -35,6 +35,8 @@ def run(s, b):
                 *s.device_flags(), "--out", s.folder]
         s.command(argv, s.path(f"sine-{algo}.log"), done=s.path(f"theta-{algo}.npy"),
                   call=lambda argv, algo=algo: sine_command(argv, s.path(f"theta-{algo}.npy")))
+    if s.pending:
+        return s.unfinished()
     args = parse(["sine", *s.device_flags()])              # the command's defaults
     model = mlp((1, 64, 64, 1), args.activation)
     theta0, held_out = tasks(model, args, b)

@@ -45,10 +45,14 @@ def run(s, b):
                                   "--eval-samples", str(b["samples"])]
         folder = s.path("runs", name)
         results, record = s.train(folder, flags)
+        if record is None:                                  # another process runs it
+            continue
         runs[name] = {"label": label, "k": k, "combination": combination,
                       "test": report.accuracy(results), "train": report.accuracy(results, "train"),
                       "curve": checkpoint.read_log(folder), "command": record["command"],
                       "wall_seconds": record["wall_seconds"]}
+    if s.pending:
+        return s.unfinished()
     found = findings({n: r["test"] for n, r in runs.items()})
     return s.finish({"settings": b, "runs": runs, "findings": found,
                      "paper": "Figure 3 only (curves, no numbers); the findings below are "

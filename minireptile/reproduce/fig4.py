@@ -50,9 +50,13 @@ def run(s, b):
                 "--meta-iters", str(b["meta_iters"]), "--eval-interval", str(b["meta_iters"]),
                 "--eval-tasks-during", "1", "--eval-samples", str(b["samples"])]
             results, record = s.train(s.path("runs", f"{name}-k{k}-b{batch}"), flags)
+            if record is None:                              # another process runs it
+                continue
             runs[f"{name}-k{k}-b{batch}"] = {
                 "curve": name, "k": k, "batch": batch, "test": report.accuracy(results),
                 "train": report.accuracy(results, "train"), "command": record["command"]}
+    if s.pending:
+        return s.unfinished()
     found = findings(runs, b)
     return s.finish({"settings": b, "runs": runs, "findings": found,
                      "paper": "Figure 4a/4b only (curves, no numbers); the findings below "

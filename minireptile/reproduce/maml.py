@@ -38,6 +38,8 @@ BUDGETS = {  # meta_iters: MAML's; calib: c; samples: evaluation tasks
 
 def run(s, b):
     per_iteration = {name: calibrate(s, name, flags, b) for name, _, flags in ALGOS}
+    if s.pending:                          # another process calibrates: it sets the budgets
+        return s.unfinished()
     runs = {}
     for name, label, flags in ALGOS:
         iters = max(1, round(b["meta_iters"] * per_iteration["maml"] / per_iteration[name]))
@@ -47,10 +49,14 @@ def run(s, b):
                        str(max(1, b["samples"] // 10)), "--eval-samples", str(b["samples"]),
                        *b.get("extra", "").split()]
         results, train = s.train(folder, train_flags)
+        if train is None:                                   # another process runs it
+            continue
         trans, evaluation = s.evaluate(
             folder, ["--transductive", "--eval-samples", str(b["samples"]), "--split",
                      b["split"], *b.get("extra", "").split()],
             s.path(f"{name}-transductive.json"))
+        if evaluation is None:
+            continue
         runs[name] = {"label": label, "meta_iters": iters,
                       "cpu_seconds_per_iteration": per_iteration[name],
                       "non-transductive": report.accuracy(results),
@@ -61,19 +67,24 @@ def run(s, b):
                       "train_command_cpu_seconds": train["cpu_seconds"],
                       "curve": checkpoint.read_log(folder),
                       "commands": [train["command"], evaluation["command"]]}
+    if s.pending:
+        return s.unfinished()
     return s.finish({"settings": b, "paper": PAPER, "runs": runs}, markdown(runs, b),
                     lambda plt: draw(plt, runs))
 
 
 def calibrate(s, name, flags, b):
-    """CPU seconds per meta-iteration of one algorithm: runs of c and 3c iterations."""
+    """CPU seconds per meta-iteration of one algorithm: runs of c and 3c iterations (None
+    while another process runs one)."""
     cpu = []
     for iters in (b["calib"], 3 * b["calib"]):
         calib_flags = [*SHARED.split(), *flags.split(), "--meta-iters", str(iters),
                        "--eval-interval", str(iters), "--eval-tasks-during", "1",
                        "--eval-samples", "1", "--eval-iters", "1"]
-        cpu.append(s.train(s.path("calibration", f"{name}-{iters}"), calib_flags)[1]
-                   ["cpu_seconds"])
+        record = s.train(s.path("calibration", f"{name}-{iters}"), calib_flags)[1]
+        if record is None:                                  # another process runs it
+            return None
+        cpu.append(record["cpu_seconds"])
     return max(cpu[1] - cpu[0], 1e-3) / (2 * b["calib"])
 
 

@@ -64,6 +64,8 @@ def run(s, budget):
                  + b.get("extra", "").split())
         stop = b["stop_cpu"] if (s.device or "cpu") == "cpu" else None
         trained, record = s.train(folder, flags, stop_at=stop)
+        if record is None:                                  # another process trains it
+            continue
         done = common.iteration(folder)
         samples, split = (b["samples"], b["split"]) if trained else b["partial"]
         for shots in (1, 5):
@@ -77,8 +79,12 @@ def run(s, budget):
                                   *b.get("eval_extra", "").split()]
                     out = os.path.join(folder, f"eval-{shots}shot-{mode}.json")
                     results, rec = s.evaluate(folder, eval_flags, out)
+                    if rec is None:                         # another process evaluates it
+                        continue
                 rows.append(row(n, shots, transductive, results, rec, done, b["meta_iters"]))
         curves[n] = checkpoint.read_log(folder)
+    if s.pending:
+        return s.unfinished()
     return s.finish({"paper": {f"{n}-way {k}-shot" + (" transductive" if t else ""): v
                                for (n, k, t), v in PAPER.items()},
                      "settings": {str(n): budget[n] for n in budget},
