@@ -10,7 +10,8 @@ so g_MAML = J g_FOMAML with a shared test loss: the singular values of J say how
 second-order terms can change the update. No P x P matrix is ever formed: a matrix-vector
 product is one ``model.hvp`` (J: k of them), and ARPACK (``scipy.sparse.linalg.eigsh``)
 finds the extreme eigenvalues of H, and of J^T J (J's squared singular values), from a
-few hundred products.
+few hundred products. Each operator keeps the passes of its gradients (``model.linearize``,
+``inner_steps(reuse=True)``), so a product runs only the R-forward and R-backward passes.
 """
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
@@ -26,15 +27,16 @@ def _like(v, theta):
 
 
 def hessian_operator(model, theta, x, y):
-    """H = L''(theta) of one task's loss as a P x P ``LinearOperator``: v -> model.hvp.
+    """H = L''(theta) of one task's loss as a P x P ``LinearOperator``: v -> H v.
 
     theta: (P,) on the device; x, y: one task's data (B, ...). Vectors cross to the host
     (ARPACK runs there) as float64 and back in theta's dtype.
     """
     p = theta.shape[-1]
+    hvp = model.linearize(theta, x, y)[2]
 
     def hv(v):
-        return to_host(model.hvp(theta, x, y, _like(v, theta))).astype(np.float64)
+        return to_host(hvp(_like(v, theta))).astype(np.float64)
     return LinearOperator((p, p), matvec=hv, rmatvec=hv, dtype=np.float64)
 
 
@@ -48,17 +50,16 @@ def jacobian_operator(model, theta, batches, alpha):
     theta: (P,); batches: k mini-batches (x (B, ...), y (B, ...)) of one task.
     """
     p = theta.shape[-1]
-    points = [(step.phi_prev, x, y) for step, (x, y) in
-              zip(inner_steps(model, theta, batches, SGD(alpha)), batches)]       # phi_{i-1}
+    hvps = [step.hvp for step in inner_steps(model, theta, batches, SGD(alpha), reuse=True)]
 
     def product(order):
         def apply(v):
             v = _like(v, theta)
-            for phi, x, y in order:
-                v = v - alpha * model.hvp(phi, x, y, v)                  # (I - alpha H_i) v
+            for hvp in order:
+                v = v - alpha * hvp(v)                                   # (I - alpha H_i) v
             return to_host(v).astype(np.float64)
         return apply
-    return LinearOperator((p, p), matvec=product(points[::-1]), rmatvec=product(points),
+    return LinearOperator((p, p), matvec=product(hvps[::-1]), rmatvec=product(hvps),
                           dtype=np.float64)
 
 
