@@ -50,6 +50,26 @@ def test_fig3_findings_read_the_paper_right():
     assert len(found) == 6 and all(f["verdict"] == "reproduced" for f in found), found
 
 
+def test_fig4_findings_read_the_paper_right():
+    """Accuracies shaped like the paper's Figure 4 (shared-tail cycling drops past k = 4 and
+    B = 25, replacement less; Reptile rises, separate tail flat) give 'reproduced' and
+    'met' throughout; a Reptile that drops at k = 6 gives 'not reproduced' for it."""
+    b = dict(iters=(1, 2, 4, 6), batches=(10, 25, 50))
+    shape = {"reptile": lambda k, B: 0.90 + 0.01 * min(k, 5) if k > 1 else 0.4,
+             "separate": lambda k, B: 0.95,
+             "replacement": lambda k, B: 0.95 if k <= 4 and B <= 25 else 0.85,
+             "shared": lambda k, B: 0.95 if k <= 4 and B <= 25 else 0.75}
+    runs = {f"{c}-k{k}-b{B}": {"curve": c, "k": k, "batch": B, "test": (shape[c](k, B), 0.01)}
+            for c in shape for k, B in fig4.points(b) if not (c == "separate" and k < 2)}
+    found = fig4.findings(runs, b)
+    assert len(found) == 9 and all(f["verdict"] in ("reproduced", "met") for f in found), found
+    runs["reptile-k6-b25"]["test"] = (0.80, 0.01)
+    verdicts = [(f["claim"][:32], f["verdict"]) for f in fig4.findings(runs, b)]
+    assert ("4a: Reptile does not degrade whe", "not reproduced (the opposite, beyond the "
+            "95% intervals)") in verdicts, verdicts
+    assert ("4a: separate-tail FOMAML does no", "reproduced") in verdicts
+
+
 def test_fig4_points_share_the_corner():
     assert fig4.points(fig4.BUDGETS["quick"]) == [(2, 25), (4, 25), (6, 25), (4, 10), (4, 50)]
     assert len(fig3.CURVES) == 10
