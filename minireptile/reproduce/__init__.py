@@ -47,7 +47,10 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
         settings = {ways: settings[ways]}
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: expected 1 or more processes")
-    session = Session(experiment, budget, out, device, threads, stream, ways)
+    def new_session():                                   # a pass's records start afresh
+        return Session(experiment, budget, out, device, threads, stream, ways)
+
+    session = new_session()
     helpers = [common.start_copy(session, i) for i in range(1, jobs)]
     try:
         while True:
@@ -59,6 +62,6 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
                 helpers = []
             elif any(common.holder(log) for log in session.pending):
                 return None                              # another command's: it finishes
-            session = Session(experiment, budget, out, device, threads, stream, ways)
+            session = new_session()
     finally:
         common.stop(helpers)

@@ -192,9 +192,9 @@ def claim(log):
                 os.link(aside, lock)
                 break
             except FileExistsError:
-                holder = _read_lock(lock)
-                if holder not in (None, me) and _alive(holder):   # me: a reused pid's
-                    yield holder
+                who = holder(log)
+                if who not in (None, me):                    # me: a reused pid's, stale
+                    yield who
                     return
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(lock)                          # stale: its process is gone
@@ -235,7 +235,7 @@ def _alive(holder):
     except ProcessLookupError:
         return False
     except PermissionError:                      # someone else's process: alive
-        return True
+        pass
     return True
 
 
