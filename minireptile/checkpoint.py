@@ -98,12 +98,12 @@ def _remove_stale(folder, name):
     pattern = re.compile(re.escape(f".{name}.{_HOST}-") + r"(\d{1,9})-\d+\.tmp")
     for entry in os.listdir(folder):
         match = pattern.fullmatch(entry)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             with contextlib.suppress(FileNotFoundError):  # another writer removed it first
                 os.unlink(os.path.join(folder, entry))
 
 
-def _alive(pid):
+def alive(pid):
     """Whether process pid runs on this host (when in doubt, and off POSIX, say it does)."""
     if os.name != "posix":                               # os.kill(pid, 0) would end it
         return True
@@ -113,7 +113,11 @@ def _alive(pid):
         return False
     except PermissionError:                              # another user's process
         pass
-    return True
+    try:                                                 # ended, not yet reaped by its parent
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):                        # no /proc (macOS): it runs
+        return True
 
 
 def save(folder, theta, optimizer_state, rng, iteration, config):

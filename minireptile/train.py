@@ -326,16 +326,21 @@ def refuse_mismatch(folder, saved, config, iteration):
     Evaluation and bookkeeping settings may differ; meta_iters may grow (extending a
     finished or running run: the remaining iterations anneal epsilon over the new total).
     """
-    defaults = {"combination": ""}
-    differ = [f"{k} {saved.get(k, defaults.get(k))!r} (now {config.get(k)!r})"
-              for k in IDENTITY if k != "meta_iters"
-              and saved.get(k, defaults.get(k)) != config.get(k)]
+    differ = differences(saved, config, [k for k in IDENTITY if k != "meta_iters"])
     if config["meta_iters"] < iteration:
         differ.append(f"meta_iters {saved['meta_iters']} with {iteration} done "
                       f"(now {config['meta_iters']})")
     if differ:
         raise UserError(f"{folder}: checkpoint of another run: {'; '.join(differ)}; use "
                         f"another --checkpoint folder")
+
+
+def differences(saved, config, fields=IDENTITY):
+    """"FIELD SAVED (now NEW)" for each of fields in which a saved run's configuration
+    differs from config (a field an older version did not save counts as its default)."""
+    defaults = {"combination": ""}
+    return [f"{k} {saved.get(k, defaults.get(k))!r} (now {config.get(k)!r})"
+            for k in fields if saved.get(k, defaults.get(k)) != config.get(k)]
 
 
 def train_sine(model, theta, rng, algo, meta_iters, inner_iters, inner_lr, meta_step,

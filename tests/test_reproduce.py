@@ -96,6 +96,24 @@ def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
     common.refuse_busy(str(tmp_path / "none"))
 
 
+def test_a_run_of_another_budget_is_refused_not_reused(tmp_path):
+    """A folder trained with other settings (here --meta-iters) is neither taken as done
+    (results.json) nor extended (its checkpoint): one line names the difference."""
+    s = common.Session("fig4", "tiny", str(tmp_path), threads=1, stream=open(os.devnull, "w"))
+    folder = str(tmp_path / "run")
+    flags = ["--sgd", "--train-shots", "2", "--inner-batch", "5", "--inner-iters", "2",
+             "--eval-samples", "1", "--eval-iters", "1", "--eval-tasks-during", "1"]
+    results, _ = s.train(folder, flags + ["--meta-iters", "2"])
+    assert results["config"]["meta_iters"] == 2
+    assert s.train(folder, flags + ["--meta-iters", "2", "--eval-samples", "2"])[0] == results
+    for left in ("results.json", "checkpoint.npz"):   # finished, then its checkpoint only
+        with pytest.raises(UserError, match=r"holds another run \(meta_iters 2 \(now 3\)\)"):
+            s.train(folder, flags + ["--meta-iters", "3"])
+        assert os.path.exists(os.path.join(folder, left))
+        if left == "results.json":
+            os.remove(os.path.join(folder, left))
+
+
 def _sleeper():
     """A live process that is not this one, to hold a lock."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -125,6 +143,21 @@ def test_claim_skips_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         assert holder == "pid 1 on another-host"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
+def test_a_child_that_ended_unreaped_holds_no_lock(tmp_path):
+    """A --jobs process that dies is its parent's zombie until waited for: not a holder."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    (tmp_path / "run.log.lock").write_text(f"pid {child.pid} on {socket.gethostname()}")
+    deadline = time.time() + 60
+    while common.holder(str(tmp_path / "run.log")) and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        assert common.holder(str(tmp_path / "run.log")) is None
+        assert child.poll() == 0                        # it had ended, unreaped until now
+    finally:
+        child.wait()
+
+
 @pytest.mark.slow
 def test_a_command_held_by_another_process_is_skipped_then_taken_up(tmp_path, capsys):
     """fig3 with g2's command held by a live process: every other run trains, no report;
@@ -148,6 +181,34 @@ def test_a_command_held_by_another_process_is_skipped_then_taken_up(tmp_path, ca
     assert capsys.readouterr().out.count("running:") == 1
     assert (folder / "fig3.json").exists()
     assert set(_runs(folder).values()) == {1}                # no command ran twice
+
+
+@pytest.mark.slow
+def test_maml_waits_for_a_calibration_another_process_runs(tmp_path, capsys):
+    """Every run's length comes from the calibration: a process finding one calibration
+    command held waits for it rather than giving up (a --jobs process used to exit there),
+    and takes it over once its holder dies -- then trains everything, writes the report.
+
+    The holder lives until the other calibrations have run and 3 s more, or 5 s in all:
+    a process that did not wait would find it alive at the end of its pass and stop."""
+    argv = ["reproduce", "maml", "--budget", "tiny", "--threads", "1", "--out", str(tmp_path)]
+    folder = tmp_path / "tiny" / "maml" / "calibration"
+    folder.mkdir(parents=True)
+    last = folder / "reptile-3.log.runs.jsonl"
+    sleeper = subprocess.Popen([sys.executable, "-c", f"""import os, time
+start = time.time()
+while not os.path.exists({str(last)!r}) and time.time() < start + 5:
+    time.sleep(0.05)
+time.sleep(3 if os.path.exists({str(last)!r}) else 0)"""])
+    (folder / "maml-1.log.lock").write_text(f"pid {sleeper.pid} on {socket.gethostname()}")
+    try:
+        assert main(argv) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert f"skipped, pid {sleeper.pid}" in capsys.readouterr().out
+    assert (tmp_path / "tiny" / "maml" / "maml.json").exists()
+    assert set(_runs(tmp_path / "tiny" / "maml").values()) == {1}
 
 
 @pytest.mark.slow

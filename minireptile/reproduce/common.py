@@ -13,6 +13,7 @@ beside its output (``claim``) and a process skips the commands others hold, so e
 the next free one; the last to finish writes the report (``Session.pending``).
 """
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -103,6 +104,7 @@ class Session:
         """
         results = os.path.join(folder, "results.json")
         argv = ["train", "omniglot", *flags, *self.device_flags(), "--checkpoint", folder]
+        refuse_other_run(folder, argv)
         stopped = stop_at is not None and iteration(folder) >= stop_at
         stop = None if stop_at is None else (lambda: iteration(folder) >= stop_at)
         done = folder if stopped else results
@@ -115,6 +117,16 @@ class Session:
             record["timed_by"] = "results.json (total_seconds)"
             _ran_outside(record, results)
         return (read_json(results) if os.path.exists(results) else None), record
+
+    def after(self, folder, again, poll=2.0):
+        """Wait while another process holds FOLDER's command, then return again(): for a
+        short command whose result every later one needs (maml's calibration sets the runs'
+        lengths). A holder that dies leaves the command to again()."""
+        log = folder + ".log"
+        while holder(log):
+            time.sleep(poll)
+        self.pending.pop(log, None)
+        return again()
 
     def evaluate(self, folder, flags, out):
         """``minireptile eval --checkpoint FOLDER FLAGS --out OUT``, skipped while OUT holds
@@ -163,6 +175,27 @@ class Session:
             self.say(f"wrote {name}.png")
         self.say(f"wrote {name}.json and {name}.md")
         return name + ".json"
+
+
+def refuse_other_run(folder, argv):
+    """UserError when FOLDER holds a run (finished, or a checkpoint) of another training than
+    ``minireptile ARGV``: after a budget changes (--meta-iters), a finished run would be
+    taken as done and an unfinished one extended. Evaluation settings may differ."""
+    from ..cli import build_parser
+    from ..cli.train import _config
+    from ..train import IDENTITY, differences
+    results = os.path.join(folder, "results.json")
+    if os.path.exists(results):
+        saved = read_json(results).get("config") or {}
+    elif checkpoint.exists(folder):
+        saved = checkpoint.load(folder)[4]
+    else:
+        return
+    wanted = dataclasses.asdict(_config(build_parser().parse_args(argv))[0])
+    differ = differences(saved, wanted, [k for k in IDENTITY if k != "model"])
+    if differ:
+        raise UserError(f"{folder}: holds another run ({'; '.join(differ)}); move it away "
+                        f"or choose another --out")
 
 
 def _ran_outside(record, results):
@@ -228,15 +261,7 @@ def _alive(holder):
         pid = int(pid)
     except ValueError:
         return False                             # not a lock this code wrote
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:                      # someone else's process: alive
-        pass
-    return True
+    return host != socket.gethostname() or checkpoint.alive(pid)
 
 
 def refuse_busy(folder, seconds=BUSY_SECONDS):

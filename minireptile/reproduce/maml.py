@@ -38,8 +38,6 @@ BUDGETS = {  # meta_iters: MAML's; calib: c; samples: evaluation tasks
 
 def run(s, b):
     per_iteration = {name: calibrate(s, name, flags, b) for name, _, flags in ALGOS}
-    if s.pending:                          # another process calibrates: it sets the budgets
-        return s.unfinished()
     runs = {}
     for name, label, flags in ALGOS:
         iters = max(1, round(b["meta_iters"] * per_iteration["maml"] / per_iteration[name]))
@@ -74,16 +72,17 @@ def run(s, b):
 
 
 def calibrate(s, name, flags, b):
-    """CPU seconds per meta-iteration of one algorithm: runs of c and 3c iterations (None
-    while another process runs one)."""
+    """CPU seconds per meta-iteration of one algorithm: runs of c and 3c iterations (one
+    that another process runs is waited for: every run's length depends on them)."""
     cpu = []
     for iters in (b["calib"], 3 * b["calib"]):
         calib_flags = [*SHARED.split(), *flags.split(), "--meta-iters", str(iters),
                        "--eval-interval", str(iters), "--eval-tasks-during", "1",
                        "--eval-samples", "1", "--eval-iters", "1"]
-        record = s.train(s.path("calibration", f"{name}-{iters}"), calib_flags)[1]
-        if record is None:                                  # another process runs it
-            return None
+        folder = s.path("calibration", f"{name}-{iters}")
+        record = s.train(folder, calib_flags)[1]
+        if record is None:                   # another process runs it: seconds; wait
+            record = s.after(folder, lambda: s.train(folder, calib_flags)[1])
         cpu.append(record["cpu_seconds"])
     return max(cpu[1] - cpu[0], 1e-3) / (2 * b["calib"])
 
