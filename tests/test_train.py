@@ -369,11 +369,11 @@ def test_paper_commands_parse_to_the_papers_settings(name):
     """Flags keep the paper's meanings; with --defaults paper the flags a command leaves out
     take args.py's defaults (so the 5-shot commands, which omit --shots, are 5-shot)."""
     from minireptile.cli import build_parser
-    from minireptile.cli.train import _config
+    from minireptile.cli.train import train_config
     dataset = "omniglot" if name[0] == "o" else "miniimagenet"
     args = build_parser().parse_args(["train", dataset, "--defaults", "paper",
                                       *PAPER_COMMANDS[name].split()])
-    cfg, paper = _config(args)
+    cfg, paper = train_config(args)
     cfg.validate()
     assert paper and cfg.algo == "reptile" and not cfg.sgd and cfg.meta_step == 1
     assert cfg.shots == (1 if "1" == name[1] else 5)
@@ -385,21 +385,21 @@ def test_paper_commands_parse_to_the_papers_settings(name):
 
 def test_one_flag_changes_only_that_flag_of_the_quick_run():
     from minireptile.cli import build_parser
-    from minireptile.cli.train import _config
-    quick, _ = _config(build_parser().parse_args(["train", "omniglot"]))
-    cfg, paper = _config(build_parser().parse_args(["train", "omniglot", "--meta-iters", "7"]))
+    from minireptile.cli.train import train_config
+    quick, _ = train_config(build_parser().parse_args(["train", "omniglot"]))
+    cfg, paper = train_config(build_parser().parse_args(["train", "omniglot", "--meta-iters", "7"]))
     assert not paper and cfg == dataclasses.replace(quick, meta_iters=7)
 
 
 def test_run_prints_its_resolved_configuration(tmp_path, capsys):
     """The first lines name every setting, as a command that reproduces the run."""
     from minireptile.cli import build_parser
-    from minireptile.cli.train import _config
+    from minireptile.cli.train import train_config
     code, out, _ = _cli(["train", "omniglot", *TINY, "--checkpoint", str(tmp_path)], capsys)
     resolved = out.splitlines()[1]
     assert code == 0 and resolved.startswith("resolved: minireptile train omniglot ")
-    again, _ = _config(build_parser().parse_args(resolved.split()[2:]))
-    assert again == _config(build_parser().parse_args(["train", "omniglot", *TINY]))[0]
+    again, _ = train_config(build_parser().parse_args(resolved.split()[2:]))
+    assert again == train_config(build_parser().parse_args(["train", "omniglot", *TINY]))[0]
 
 
 def test_eval_seed_changes_the_tasks(tmp_path, capsys):

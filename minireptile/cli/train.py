@@ -120,7 +120,7 @@ def register(sub):
     pl.set_defaults(func=run_plot)
 
 
-def _config(args):
+def train_config(args):
     """TrainConfig from flags: the quick defaults, or args.py's with --defaults paper."""
     from ..train import PAPER_DEFAULTS, TrainConfig
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -217,7 +217,7 @@ def _write_json(path, obj):
 def run_train(args):
     from ..train import train
     backend.set_backend(args.device, args.dtype)
-    cfg, paper = _config(args)
+    cfg, paper = train_config(args)
     cfg.seed = args.seed
     cfg.validate()
     if args.pretrained and not checkpoint.exists(args.checkpoint):

@@ -182,7 +182,7 @@ def refuse_other_run(folder, argv):
     ``minireptile ARGV``: after a budget changes (--meta-iters), a finished run would be
     taken as done and an unfinished one extended. Evaluation settings may differ."""
     from ..cli import build_parser
-    from ..cli.train import _config
+    from ..cli.train import train_config
     from ..train import IDENTITY, differences
     results = os.path.join(folder, "results.json")
     if os.path.exists(results):
@@ -191,7 +191,7 @@ def refuse_other_run(folder, argv):
         saved = checkpoint.load(folder)[4]
     else:
         return
-    wanted = dataclasses.asdict(_config(build_parser().parse_args(argv))[0])
+    wanted = dataclasses.asdict(train_config(build_parser().parse_args(argv))[0])
     differ = differences(saved, wanted, [k for k in IDENTITY if k != "model"])
     if differ:
         raise UserError(f"{folder}: holds another run ({'; '.join(differ)}); move it away "
