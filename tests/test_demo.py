@@ -269,9 +269,12 @@ def test_flags_the_checkpoint_cannot_serve_are_refused(capsys):
 
 
 def start_demo(*flags):
-    """`minireptile demo --port 0 FLAGS` in a subprocess; (process, its URL)."""
+    """`minireptile demo --port 0 FLAGS` in a subprocess; (process, its URL). SIGINT is
+    restored for it: a test run started with SIGINT ignored (`cmd &` in a script) would
+    pass that on, and Ctrl-C is how the tests stop the server."""
     proc = subprocess.Popen([sys.executable, "-m", "minireptile", "demo", "--port", "0",
-                             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         match = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
         if match:

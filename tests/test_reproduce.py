@@ -5,6 +5,7 @@ No test asserts an accuracy: the tiny budget trains for a few iterations.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,15 +76,25 @@ def test_fig4_points_share_the_corner():
     assert len(fig3.CURVES) == 10
 
 
-def test_interrupt_when_stops_the_main_thread():
-    flag = threading.Event()
-    threading.Timer(0.2, flag.set).start()
-    with pytest.raises(KeyboardInterrupt):
-        with common.interrupt_when(flag.is_set, poll=0.05) as fired:
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                time.sleep(0.01)
-    assert fired == [True]
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_interrupt_when_stops_the_main_thread(sigint):
+    """Also in a process started with SIGINT ignored (`cmd &` in a script); the block
+    leaves SIGINT as it found it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored"
+                             else signal.default_int_handler)
+    try:
+        flag = threading.Event()
+        threading.Timer(0.2, flag.set).start()
+        with pytest.raises(KeyboardInterrupt):
+            with common.interrupt_when(flag.is_set, poll=0.05) as fired:
+                deadline = time.time() + 10
+                while time.time() < deadline:
+                    time.sleep(0.01)
+        assert fired == [True]
+        assert signal.getsignal(signal.SIGINT) == (signal.SIG_IGN if sigint == "ignored"
+                                                   else signal.default_int_handler)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -382,11 +383,16 @@ def interrupt_when(stop, poll=1.0):
     """Within the block, interrupt the main thread (as Ctrl-C does) once stop() is true.
 
     Yields a list that holds True once it did. Checked every poll seconds by a thread.
+    A process started with SIGINT ignored (``cmd &`` in a script, where the shell ignores
+    it) has no handler for the interruption to run: the block installs Python's own.
     """
     fired, done = [], threading.Event()
     if stop is None:
         yield fired
         return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):                           # SIG_IGN or SIG_DFL
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch():
         import _thread
@@ -407,6 +413,8 @@ def interrupt_when(stop, poll=1.0):
     finally:
         done.set()
         watcher.join()
+        if not callable(previous):
+            signal.signal(signal.SIGINT, previous)
 
 
 def iteration(folder):
