@@ -103,6 +103,22 @@ def _remove_stale(folder, name):
                 os.unlink(os.path.join(folder, entry))
 
 
+def process_name():
+    """This process as locks and checkpoints name the one that wrote them: "pid P on HOST"."""
+    return f"pid {os.getpid()} on {_HOST}"
+
+
+def running(name):
+    """Whether the process named "pid P on HOST" (``process_name``) still runs; one of
+    another host is assumed to run, and a name this code did not write names no process."""
+    try:
+        pid, host = name.removeprefix("pid ").split(" on ", 1)
+        pid = int(pid)
+    except ValueError:
+        return False
+    return host != _HOST or alive(pid)
+
+
 def alive(pid):
     """Whether process pid runs on this host (when in doubt, and off POSIX, say it does)."""
     if os.name != "posix":                               # os.kill(pid, 0) would end it
@@ -124,7 +140,7 @@ def save(folder, theta, optimizer_state, rng, iteration, config):
     """Write folder/checkpoint.npz atomically (theta and states as host arrays)."""
     os.makedirs(folder, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": int(iteration),
-            "config": config, "rng": rng.bit_generator.state}
+            "config": config, "rng": rng.bit_generator.state, "writer": process_name()}
     arrays = {"theta": np.asarray(theta), "meta": np.array(json.dumps(meta))}
     arrays.update({f"opt_{k}": np.asarray(v) for k, v in optimizer_state.items()})
     atomic_write(os.path.join(folder, FILENAME), lambda f: np.savez(f, **arrays))
@@ -152,6 +168,16 @@ def load(folder):
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
     return theta, state, rng, meta["iteration"], meta["config"]
+
+
+def writer(folder):
+    """The process that wrote folder's checkpoint ("pid P on HOST"); None when there is
+    none, it is unreadable, or it predates this field."""
+    try:
+        with np.load(os.path.join(folder, FILENAME), allow_pickle=False) as z:
+            return json.loads(str(z["meta"])).get("writer")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, AttributeError):
+        return None
 
 
 def exists(folder):

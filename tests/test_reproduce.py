@@ -107,6 +107,33 @@ def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
     common.refuse_busy(str(tmp_path / "none"))
 
 
+def test_a_fresh_checkpoint_of_a_process_that_ended_is_resumed_at_once(tmp_path, monkeypatch):
+    """The checkpoint names its writer: a stopped reproduce run may be restarted within
+    BUSY_SECONDS, while a live writer (or another host's) still refuses it."""
+    import numpy as np
+    from minireptile import checkpoint
+    folder, ended, live = str(tmp_path / "run"), subprocess.Popen([sys.executable, "-c", ""]), \
+        _sleeper()
+    ended.wait()
+    try:
+        for name, refused in ((f"pid {ended.pid} on {socket.gethostname()}", False),
+                              (f"pid {live.pid} on {socket.gethostname()}", True),
+                              ("pid 1 on another-host", True),
+                              (checkpoint.process_name(), False)):      # this process's own
+            monkeypatch.setattr(checkpoint, "process_name", lambda: name)
+            checkpoint.save(folder, np.zeros(3), {}, np.random.default_rng(0), 7, {})
+            monkeypatch.undo()
+            assert checkpoint.writer(folder) == name
+            if refused:
+                with pytest.raises(UserError, match=f"by {name}, which still runs"):
+                    common.refuse_busy(folder)
+            else:
+                common.refuse_busy(folder)
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_a_run_of_another_budget_is_refused_not_reused(tmp_path):
     """A folder trained with other settings (here --meta-iters) is neither taken as done
     (results.json) nor extended (its checkpoint): one line names the difference."""

@@ -19,7 +19,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import sys
 import threading
 import time
@@ -215,7 +214,7 @@ def claim(log):
     The lock appears whole (written aside, then hard-linked into place, which fails when it
     exists). A lock whose process has died on this host is taken over; one from another
     host is left to be deleted by hand."""
-    lock, me = log + ".lock", f"pid {os.getpid()} on {socket.gethostname()}"
+    lock, me = log + ".lock", checkpoint.process_name()
     aside = f"{lock}.{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
     with open(aside, "w") as f:
@@ -244,7 +243,7 @@ def claim(log):
 def holder(log):
     """The live process holding LOG's command ("pid P on HOST"), or None."""
     who = _read_lock(log + ".lock")
-    return who if who and _alive(who) else None
+    return who if who and checkpoint.running(who) else None
 
 
 def _read_lock(lock):
@@ -255,25 +254,20 @@ def _read_lock(lock):
         return None
 
 
-def _alive(holder):
-    """Whether the process named "pid P on HOST" still runs (assumed so on another host)."""
-    try:
-        pid, host = holder.removeprefix("pid ").split(" on ", 1)
-        pid = int(pid)
-    except ValueError:
-        return False                             # not a lock this code wrote
-    return host != socket.gethostname() or checkpoint.alive(pid)
-
-
 def refuse_busy(folder, seconds=BUSY_SECONDS):
-    """UserError when folder's checkpoint was written in the last `seconds`: another process
-    may be training it, and two writers would spoil its resume."""
+    """UserError when folder's checkpoint was written in the last `seconds` by another
+    process that still runs (or one it does not name): that process may be training it, and
+    two writers would spoil its resume. A checkpoint whose writer has ended (a stopped
+    reproduce run) may be resumed at once."""
     path = os.path.join(folder, checkpoint.FILENAME)
     age = time.time() - os.path.getmtime(path) if os.path.exists(path) else seconds
-    if age < seconds:
-        raise UserError(f"{folder}: its checkpoint was written {age:.0f} s ago, so another "
-                        f"process may be training it; let it finish (or stop it) and run "
-                        f"this again in {seconds - age:.0f} s")
+    who = checkpoint.writer(folder)
+    if age < seconds and (who is None or (who != checkpoint.process_name()
+                                          and checkpoint.running(who))):
+        by = "" if who is None else f" by {who}, which still runs"
+        raise UserError(f"{folder}: its checkpoint was written {age:.0f} s ago{by}, so "
+                        f"another process may be training it; let it finish (or stop it) "
+                        f"and run this again in {seconds - age:.0f} s")
 
 
 def start_copy(session, number):
