@@ -222,6 +222,47 @@ def test_a_command_held_by_another_process_is_skipped_then_taken_up(tmp_path, ca
 
 
 @pytest.mark.slow
+def test_a_partial_report_covers_the_finished_runs_and_trains_nothing(tmp_path, capsys):
+    """fig4 --partial: its table has a number for every finished run and "not run yet" for
+    the others, which its JSON lists; it starts no command, and the full report is untouched.
+    Here one run (shared-tail, k = 5) is held by another process while the rest train."""
+    argv = ["reproduce", "fig4", "--budget", "tiny", "--threads", "1", "--out", str(tmp_path)]
+    folder = tmp_path / "tiny" / "fig4"
+    assert main(argv + ["--partial"]) == 0                   # nothing trained yet
+    nothing = json.loads((folder / "fig4-partial.json").read_text())
+    assert not nothing["runs"] and len(nothing["missing"]) == 4 * len(fig4.points(
+        fig4.BUDGETS["tiny"])) and not (folder / "runs").exists()
+    (folder / "runs").mkdir(parents=True)
+    sleeper = _sleeper()
+    (folder / "runs" / "shared-k5-b25.log.lock").write_text(
+        f"pid {sleeper.pid} on {socket.gethostname()}")
+    try:
+        assert main(argv) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (folder / "fig4.json").exists()
+    capsys.readouterr()
+    assert main(argv + ["--partial"]) == 0
+    assert "running:" not in capsys.readouterr().out
+    result = json.loads((folder / "fig4-partial.json").read_text())
+    assert result["partial"] and len(result["missing"]) == 1
+    assert "--algo fomaml --inner-iters 5 --inner-batch 25" in result["missing"][0]
+    assert "shared-k5-b25" not in result["runs"] and len(result["runs"]) == len(
+        nothing["missing"]) - 1
+    (table_a, table_b) = report.parse_tables((folder / "fig4-partial.md").read_text())
+    shared = "FOMAML (shared-tail, cycling)"
+    assert [r[shared] for r in table_a if r["k"] == "5"] == ["not run yet"]
+    assert all("%" in r[c] for r in table_a + table_b for c in r
+               if c not in ("k", "B") and not (c == shared and r.get("k") == "5"))
+    assert (folder / "fig4-partial.png").stat().st_size > 10000
+    assert not (folder / "fig4.json").exists()
+    assert main(["reproduce", "fig3", "--budget", "tiny", "--partial", "--out",
+                 str(tmp_path)]) != 0
+    assert "--partial: fig3 has no partial report" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_maml_waits_for_a_calibration_another_process_runs(tmp_path, capsys):
     """Every run's length comes from the calibration: a process finding one calibration
     command held waits for it rather than giving up (a --jobs process used to exit there),

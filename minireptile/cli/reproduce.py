@@ -38,6 +38,9 @@ def register(sub):
                    help="run the experiment's commands in N processes at once, each taking "
                         "the next free one (default 1); with --threads 1, one per core. "
                         "Starting the same command N times does the same")
+    p.add_argument("--partial", action="store_true",
+                   help="fig4 only: train nothing; write EXPERIMENT-partial.json/.md/.png from "
+                        "the runs that have finished (the others read 'not run yet')")
     p.add_argument("--out", default="reproduce", metavar="DIR",
                    help="results folder (default ./reproduce): DIR/EXPERIMENT for the paper "
                         "budget, DIR/BUDGET/EXPERIMENT for the others")
@@ -47,6 +50,6 @@ def register(sub):
 def run(args):
     from ..reproduce import run as reproduce
     path = reproduce(args.experiment, args.budget, args.out, args.device, args.threads,
-                     ways=args.ways, jobs=args.jobs)
+                     ways=args.ways, jobs=args.jobs, partial=args.partial)
     if path is not None:
         print(f"results: {path}")

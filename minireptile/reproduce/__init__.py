@@ -28,13 +28,15 @@ BUDGETS = ("paper", "quick", "tiny")
 
 
 def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None,
-        ways=None, jobs=1):
+        ways=None, jobs=1, partial=False):
     """Run (or resume) one experiment; returns the path of its JSON, or None while other
     processes still run some of its commands (the last of them writes it).
 
     ways: table2 only, the rows of one N (5 or 20) instead of both. jobs: start jobs - 1
     more processes running this experiment with this one, each taking the next command
-    that no other holds; wait for them, then write the report."""
+    that no other holds; wait for them, then write the report. partial: run nothing, and
+    report the runs that have finished (experiments with ``PARTIAL``: fig4, whose points
+    take a CPU several sessions) as EXPERIMENT-partial.*."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if budget not in BUDGETS:
@@ -47,8 +49,12 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
         settings = {ways: settings[ways]}
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: expected 1 or more processes")
+    if partial and not getattr(module, "PARTIAL", False):
+        raise UserError(f"--partial: {experiment} has no partial report (fig4 has)")
+    if partial and jobs > 1:
+        raise UserError("--partial runs nothing; --jobs does not go with it")
     def new_session():                                   # a pass's records start afresh
-        return Session(experiment, budget, out, device, threads, stream, ways)
+        return Session(experiment, budget, out, device, threads, stream, ways, partial)
 
     session = new_session()
     helpers = [common.start_copy(session, i) for i in range(1, jobs)]

@@ -38,10 +38,12 @@ class Session:
 
     folder: OUT/EXPERIMENT for the paper budget, OUT/BUDGET/EXPERIMENT otherwise.
     device, threads: passed on to every command (``--device``, ``--threads``) when given.
+    partial: run nothing; the report covers the commands that have finished, and names the
+    others (``missing``) in EXPERIMENT-partial.json/.md/.png.
     """
 
     def __init__(self, experiment, budget, out, device=None, threads=None, stream=None,
-                 ways=None):
+                 ways=None, partial=False):
         self.experiment, self.budget, self.device, self.threads = (experiment, budget, device,
                                                                    threads)
         self.ways = ways                  # table2 --ways: the rows of one N only
@@ -49,6 +51,7 @@ class Session:
         self.stream = stream or sys.stdout
         self.records = []
         self.pending = {}                 # output path -> the process holding its command
+        self.partial, self.missing = partial, []   # --partial: the commands not finished
         os.makedirs(self.folder, exist_ok=True)
 
     def path(self, *parts):
@@ -70,9 +73,13 @@ class Session:
         Ctrl-C (it saves its checkpoint), which ends it without error. call: what runs
         the command (default the command line's ``main``). before: called once this process
         holds the command (``claim``), before it runs. Returns the record, or None while
-        another process holds the command (it is then in ``pending``).
+        another process holds the command (it is then in ``pending``) or, with ``partial``,
+        while it has not finished (it is then in ``missing``).
         """
         text = "minireptile " + shlex.join(argv)
+        if self.partial and not (done and os.path.exists(done)):
+            self.missing.append(text)
+            return None
         if not (done and os.path.exists(done)):
             with claim(log) as holder:
                 if holder:
@@ -157,19 +164,24 @@ class Session:
 
     def finish(self, results, markdown, draw=None):
         """Write EXPERIMENT.json (results, commands, times, machine), EXPERIMENT.md and, with
-        matplotlib, EXPERIMENT.png (draw(plt) returns the figure); returns the JSON's path."""
-        name = self.path(self.experiment)
+        matplotlib, EXPERIMENT.png (draw(plt) returns the figure); returns the JSON's path.
+        With ``partial``: EXPERIMENT-partial.*, which also list the missing commands."""
+        name = self.path(self.experiment + ("-partial" if self.partial else ""))
         wall = sum(r["wall_seconds"] for r in self.records)
         cpu = sum(r["cpu_seconds"] for r in self.records)
         document = {"experiment": self.experiment, "budget": self.budget,
                     "device": self.device or os.environ.get("MINIREPTILE_DEVICE", "cpu"),
                     "command": reproduce_command(self), "wall_seconds": round(wall, 1),
                     "cpu_seconds": round(cpu, 1), "machine": machine(),
-                    "minireptile": __version__, **results, "commands": self.records}
+                    "minireptile": __version__, **results, "commands": self.records,
+                    **({"partial": True, "missing": self.missing} if self.partial else {})}
         write_json(name + ".json", document)
         head = (f"`{reproduce_command(self)}`: {len(self.records)} commands, "
                 f"{wall / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU "
                 f"({machine()['cpus']} CPUs, {document['device']}).\n\n")
+        if self.partial:
+            head += (f"**Partial:** {len(self.missing)} command(s) have not finished; their "
+                     f"cells read \"not run yet\" (`{reproduce_command(self)}` runs them).\n\n")
         write_text(name + ".md", head + markdown)
         if draw is not None and figure(name + ".png", draw):
             self.say(f"wrote {name}.png")

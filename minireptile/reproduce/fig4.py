@@ -30,6 +30,8 @@ run has whole points.
 """
 from . import report
 
+PARTIAL = True        # --partial reports the finished points: a CPU takes sessions for all
+
 SHARED = ("--defaults paper --sgd --seed 0 --train-shots 20 --learning-rate 0.0003 "
           "--meta-step 0.25 --meta-step-final 0 --eval-batch 25 --eval-iters 5")
 CURVES = (("reptile", "Reptile (cycling)", "--algo reptile"),
@@ -85,7 +87,8 @@ def series(runs, curve, panel, b):
     if panel == "a":
         return [(k, runs[f"{curve}-k{k}-b{BATCH_4A}"]["test"]) for k in sorted(b["iters"])
                 if f"{curve}-k{k}-b{BATCH_4A}" in runs]
-    return [(B, runs[f"{curve}-k{ITERS_4B}-b{B}"]["test"]) for B in sorted(b["batches"])]
+    return [(B, runs[f"{curve}-k{ITERS_4B}-b{B}"]["test"]) for B in sorted(b["batches"])
+            if f"{curve}-k{ITERS_4B}-b{B}" in runs]
 
 
 def findings(runs, b):
@@ -150,7 +153,9 @@ def markdown(runs, found, b):
             cells = []
             for curve, _, _ in CURVES:
                 value = dict(series(runs, curve, panel, b)).get(x)
-                cells.append(report.pct(*value) if value else "n/a (k = 1)")
+                cells.append(report.pct(*value) if value else "n/a (k = 1)"
+                             if curve == "separate" and x == 1 and panel == "a"
+                             else "not run yet")
             rows.append([x, *cells])
         text += f"{name}:\n\n" + report.markdown_table(
             ["k" if panel == "a" else "B", *(label for _, label, _ in CURVES)], rows) + "\n"
@@ -158,7 +163,7 @@ def markdown(runs, found, b):
              + "".join(f"- {f['claim']}: **{f['verdict']}**\n" for f in found))
     return text + (f"\nCommands: `minireptile train omniglot {SHARED} --meta-iters "
                    f"{b['meta_iters']} ...` with each curve's flags and --inner-iters k "
-                   f"--inner-batch B (each in fig4.json).\n")
+                   f"--inner-batch B (each in the JSON beside this file).\n")
 
 
 def draw(plt, runs, b):
