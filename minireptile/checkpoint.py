@@ -25,6 +25,7 @@ FILENAME = "checkpoint.npz"
 LOGNAME = "log.jsonl"
 _HOST = socket.gethostname()
 _COUNTER = itertools.count()
+_UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError)   # a bad .npz
 
 
 def atomic_write(path, write):
@@ -159,7 +160,7 @@ def load(folder):
             meta = json.loads(str(z["meta"]))
             theta = z["theta"]
             state = {k[4:]: z[k] for k in z.files if k.startswith("opt_")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+    except _UNREADABLE as exc:
         raise UserError(f"{path}: corrupt checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
@@ -176,7 +177,7 @@ def writer(folder):
     try:
         with np.load(os.path.join(folder, FILENAME), allow_pickle=False) as z:
             return json.loads(str(z["meta"])).get("writer")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, AttributeError):
+    except (*_UNREADABLE, AttributeError):              # AttributeError: meta not a dict
         return None
 
 

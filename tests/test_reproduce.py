@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from minireptile import reproduce
+from minireptile import checkpoint, reproduce
 from minireptile.cli import main
 from minireptile.errors import UserError
 from minireptile.reproduce import common, fig3, fig4, report
@@ -110,8 +111,6 @@ def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
 def test_a_fresh_checkpoint_of_a_process_that_ended_is_resumed_at_once(tmp_path, monkeypatch):
     """The checkpoint names its writer: a stopped reproduce run may be restarted within
     BUSY_SECONDS, while a live writer (or another host's) still refuses it."""
-    import numpy as np
-    from minireptile import checkpoint
     folder, ended, live = str(tmp_path / "run"), subprocess.Popen([sys.executable, "-c", ""]), \
         _sleeper()
     ended.wait()

@@ -77,10 +77,11 @@ class Session:
         while it has not finished (it is then in ``missing``).
         """
         text = "minireptile " + shlex.join(argv)
-        if self.partial and not (done and os.path.exists(done)):
+        finished = bool(done) and os.path.exists(done)
+        if self.partial and not finished:
             self.missing.append(text)
             return None
-        if not (done and os.path.exists(done)):
+        if not finished:
             with claim(log) as holder:
                 if holder:
                     self.pending[log] = holder

@@ -153,9 +153,12 @@ def markdown(runs, found, b):
             cells = []
             for curve, _, _ in CURVES:
                 value = dict(series(runs, curve, panel, b)).get(x)
-                cells.append(report.pct(*value) if value else "n/a (k = 1)"
-                             if curve == "separate" and x == 1 and panel == "a"
-                             else "not run yet")
+                if value:
+                    cells.append(report.pct(*value))
+                elif curve == "separate" and panel == "a" and x == 1:
+                    cells.append("n/a (k = 1)")             # the tail needs k >= 2
+                else:
+                    cells.append("not run yet")
             rows.append([x, *cells])
         text += f"{name}:\n\n" + report.markdown_table(
             ["k" if panel == "a" else "B", *(label for _, label, _ in CURVES)], rows) + "\n"
