@@ -7,7 +7,9 @@ Few-shot classification (section 6.1), as the paper's code runs it (supervised-r
   2. on every task, k = inner_iters steps of the inner optimizer (Adam with beta1 = 0, or
      SGD with --sgd) on mini-batches of inner_batch samples that cycle through the task;
   3. theta <- theta + epsilon * mean_i Delta_i, epsilon annealed linearly from meta_step to
-     meta_step_final (Delta_i per algorithm: ``meta.task_update``).
+     meta_step_final (Delta_i per algorithm: ``meta.task_update``); with ``outer="adam"``,
+     an Adam step of size epsilon on -mean_i Delta_i instead (section 3; Finn et al.'s
+     MAML takes Adam with step 0.001 in its outer loop).
 The inner Adam's state is never reset during training. The paper feeds the n tasks through
 it one after another (``sequential=True``); the default runs the meta-batch as one batched
 pass and merges the per-task states (``optim.Adam.merge_tasks``).
@@ -40,6 +42,7 @@ from .progress import Progress
 from .tasks import sine
 
 TRAIN, QUICK_EVAL, SINE = 1, 2, 3        # first entry of a task's key (task_rng): its purpose
+OUTER = "outer_"        # prefix of the outer Adam's state in a checkpoint (the inner's has none)
 
 # Bytes per activation value that an exact-MAML inner step keeps for its Hessian-vector
 # product (forward caches and every layer's dL/dy): measured 22.6 MiB per step on the Omniglot
@@ -78,6 +81,7 @@ class TrainConfig:
     sgd: bool = False
     augment: bool = True        # rotations of the training classes (Omniglot)
     sequential: bool = False
+    outer: str = "sgd"          # the outer optimizer: sgd (Eq. 5) | adam
     maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
     seed: int = 0
     checkpoint_interval: int = 100
@@ -102,6 +106,8 @@ class TrainConfig:
                                 f"got {value}")
         if self.algo not in ("reptile", "fomaml", "maml", "combination"):
             raise UserError(f"unknown --algo {self.algo!r}; expected reptile, fomaml or maml")
+        if self.outer not in ("sgd", "adam"):
+            raise UserError(f"unknown --outer {self.outer!r}; expected sgd or adam")
         if self.algo == "maml" and not self.sgd:
             raise UserError("exact MAML differentiates through SGD inner steps (Eqs. 17-21): "
                             "add --sgd")
@@ -153,6 +159,12 @@ def inner_optimizer(cfg):
     return SGD(cfg.learning_rate) if cfg.sgd else Adam(cfg.learning_rate, beta1=0.0)
 
 
+def outer_optimizer(cfg):
+    """The outer loop's: None (theta + epsilon Delta, Eq. 5), or Adam with beta1 = 0.9
+    (Kingma & Ba's default, as Finn et al.'s MAML) whose step size follows epsilon."""
+    return Adam(cfg.meta_step, beta1=0.9) if cfg.outer == "adam" else None
+
+
 def check_memory(model, cfg, tasks=None):
     """One-line UserError, naming the memory needed, for a run whose passes cannot fit
     (tasks: those of a meta-batch in this process, default all)."""
@@ -186,11 +198,12 @@ def meta_batch(ds, rngs, cfg):
                              None if cfg.augment else False)
 
 
-def meta_iteration(model, theta, optimizer, batches, epsilon, cfg, reduce=None):
+def meta_iteration(model, theta, optimizer, batches, epsilon, cfg, reduce=None, outer=None):
     """One outer step of cfg's algorithm; returns (theta, mean loss per example).
-    reduce: None, or the communicator's sum over every process's tasks (``meta_update``)."""
+    reduce: None, or the communicator's sum over every process's tasks (``meta_update``);
+    outer: ``outer_optimizer(cfg)``, whose state the step advances."""
     weights = combination_weights(cfg.combination, len(batches)) if cfg.combination else None
-    theta, loss = meta_update(cfg.algo, model, theta, batches, optimizer, epsilon,
+    theta, loss = meta_update(cfg.algo, model, theta, batches, optimizer, epsilon, outer,
                               weight_decay=cfg.weight_decay, weights=weights,
                               sequential=cfg.sequential, reduce=reduce,
                               reuse=not cfg.maml_recompute)
@@ -227,11 +240,15 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
     check_tasks(ds, "test", cfg.classes, cfg.shots, num_query=1)
     check_memory(model, cfg, len(tasks))
     config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}")
-    optimizer = inner_optimizer(cfg)
+    optimizer, outer = inner_optimizer(cfg), outer_optimizer(cfg)
     resumed = comm.from_root(lambda: _open_checkpoint(checkpoint_dir, config))
     if resumed:
         theta, state, start = resumed
-        optimizer.load_state_dict(state, get_xp(to_device(np.zeros(1))))
+        xp = get_xp(to_device(np.zeros(1)))
+        optimizer.load_state_dict(state, xp)
+        if outer:
+            outer.load_state_dict({k[len(OUTER):]: v for k, v in state.items()
+                                   if k.startswith(OUTER)}, xp)
         print(f"resuming from iteration {start} ({checkpoint_dir})", file=stream, flush=True)
     else:
         start = 0
@@ -240,19 +257,20 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
 
     def save(iteration):
         if checkpoint_dir and comm.rank == 0:           # the generator of the next task drawn
-            checkpoint.save(checkpoint_dir, to_host(theta), optimizer.state_dict(),
-                            task_rng(cfg.seed, TRAIN, iteration, 0), iteration, config)
+            states = {**optimizer.state_dict(),
+                      **{OUTER + k: v for k, v in (outer.state_dict() if outer else {}).items()}}
+            checkpoint.save(checkpoint_dir, to_host(theta), states, task_rng(cfg.seed, TRAIN, iteration, 0), iteration, config)
 
     progress, accuracy, it, loss = Progress(cfg.meta_iters, start, stream), None, start, None
-    at_start = optimizer.copy(), theta
+    at_start = optimizer.copy(), outer and outer.copy(), theta
     try:
         for it in range(start, cfg.meta_iters):
-            at_start = optimizer.copy(), theta                      # for Ctrl-C
+            at_start = optimizer.copy(), outer and outer.copy(), theta      # for Ctrl-C
             epsilon = linear_schedule(cfg.meta_step, cfg.meta_step_final, it, cfg.meta_iters)
             batches = meta_batch(ds, task_rngs(cfg.seed, it, tasks), cfg)
             with np.errstate(over="ignore", invalid="ignore"):    # checked just below
                 new_theta, loss = meta_iteration(model, theta, optimizer, batches, epsilon, cfg,
-                                                 reduce)
+                                                 reduce, outer)
             loss = float(loss)
             if not math.isfinite(loss) or not bool(get_xp(new_theta).isfinite(new_theta).all()):
                 kept = (f"last good checkpoint kept in {checkpoint_dir}"
@@ -268,7 +286,7 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
             progress.update(it + 1, _status(loss, accuracy))
         it = cfg.meta_iters
     except KeyboardInterrupt:
-        optimizer, theta = at_start                     # back to a whole iteration
+        optimizer, outer, theta = at_start              # back to a whole iteration
         save(it)
         progress.close()
         raise
@@ -316,8 +334,8 @@ def _status(loss, accuracy):
 
 IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
-            "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "seed",
-            "model", "dataset", "augment")
+            "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
+            "seed", "model", "dataset", "augment")
 
 
 def refuse_mismatch(folder, saved, config, iteration):
@@ -338,7 +356,7 @@ def refuse_mismatch(folder, saved, config, iteration):
 def differences(saved, config, fields=IDENTITY):
     """"FIELD SAVED (now NEW)" for each of fields in which a saved run's configuration
     differs from config (a field an older version did not save counts as its default)."""
-    defaults = {"combination": ""}
+    defaults = {"combination": "", "outer": "sgd"}
     return [f"{k} {saved.get(k, defaults.get(k))!r} (now {config.get(k)!r})"
             for k in fields if saved.get(k, defaults.get(k)) != config.get(k)]
 

@@ -113,6 +113,47 @@ def test_trainer_runs_the_core(omniglot, float64, tmp_path, algo, tail):
     np.testing.assert_allclose(theta, expected, rtol=1e-13, atol=1e-15)
 
 
+def test_outer_adam_first_step_is_epsilon_times_the_normalized_delta(omniglot, float64):
+    """--outer adam: Adam (beta1 0.9, beta2 0.999) on the gradient -Delta, of step size
+    epsilon. Its first step is m/(sqrt(v) + eps) with m = 0.1 g, v = 0.001 g^2 after the
+    bias corrections, i.e. theta + epsilon Delta / (|Delta| + 1e-8 / sqrt(0.001)), where
+    Delta is what the plain outer step (epsilon 1) adds."""
+    model = omniglot_cnn(5, filters=8)
+    cfg = TrainConfig(meta_iters=1, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3,
+                      sgd=True, learning_rate=0.05, meta_step=1.0, eval_interval=10,
+                      eval_samples=1)
+    theta0 = model.init(np.random.default_rng(cfg.seed))
+    quiet = open(os.devnull, "w")
+    delta = train(model, omniglot, cfg, stream=quiet)[0] - theta0
+    adam = dataclasses.replace(cfg, outer="adam", meta_step=1e-3)
+    theta = train(model, omniglot, adam, stream=quiet)[0]
+    expected = theta0 + 1e-3 * delta / (np.abs(delta) + 1e-8 / np.sqrt(1e-3))
+    np.testing.assert_allclose(theta, expected, rtol=1e-12, atol=1e-15)
+    moved = np.abs(delta) > 1e-4                # the step is epsilon sign(Delta) there
+    assert moved.mean() > 0.5
+    np.testing.assert_allclose(np.abs(theta - theta0)[moved], 1e-3, rtol=5e-3)
+
+
+def test_outer_adam_state_survives_a_resume(omniglot, float64, tmp_path):
+    """4 iterations in one run equal 2, a checkpoint, then 2 more: the outer Adam's moments
+    and step count are saved and restored (a fresh Adam would take a sign step again)."""
+    model = omniglot_cnn(5, filters=8)
+    cfg = TrainConfig(meta_iters=4, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3,
+                      sgd=True, learning_rate=0.05, outer="adam", meta_step=1e-3,
+                      meta_step_final=1e-3, eval_interval=10, eval_samples=1)
+    quiet = open(os.devnull, "w")
+    whole = train(model, omniglot, cfg, stream=quiet)[0]
+    folder = str(tmp_path / "ck")
+    train(model, omniglot, dataclasses.replace(cfg, meta_iters=2), checkpoint_dir=folder,
+          stream=quiet)
+    assert int(checkpoint.load(folder)[1]["outer_t"]) == 2
+    resumed = train(model, omniglot, cfg, checkpoint_dir=folder, stream=quiet)[0]
+    np.testing.assert_allclose(resumed, whole, rtol=1e-13, atol=1e-16)
+    with pytest.raises(UserError, match="outer 'adam' \\(now 'sgd'\\)"):
+        train(model, omniglot, dataclasses.replace(cfg, outer="sgd", meta_iters=5),
+              checkpoint_dir=folder, stream=quiet)
+
+
 def test_weight_decay_shrinks_theta_before_every_inner_step(omniglot, float64):
     """--weight-decay lambda: Reptile's phi is the inner loop on lambda-scaled weights."""
     model = omniglot_cnn(5, filters=8)

@@ -66,6 +66,10 @@ def register(sub):
                         "w1,...,wk; use with --sgd for the paper's Figure 3")
     p.add_argument("--sgd", action="store_true", default=None,
                    help="SGD in the inner loop instead of Adam (beta1 = 0)")
+    p.add_argument("--outer", choices=("sgd", "adam"), default=None,
+                   help="outer optimizer: sgd, theta + epsilon Delta (Eq. 5; default), or "
+                        "adam, an Adam step of size epsilon (beta1 0.9) on -Delta, as Finn et "
+                        "al.'s MAML (e.g. --meta-step 0.001 --meta-step-final 0.001)")
     p.add_argument("--sequential", action="store_true", default=None,
                    help="run the meta-batch's tasks one after another through one Adam state, "
                         "exactly as the paper's code (default: one batched pass)")
