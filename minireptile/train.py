@@ -244,11 +244,7 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
     resumed = comm.from_root(lambda: _open_checkpoint(checkpoint_dir, config))
     if resumed:
         theta, state, start = resumed
-        xp = get_xp(to_device(np.zeros(1)))
-        optimizer.load_state_dict(state, xp)
-        if outer:
-            outer.load_state_dict({k[len(OUTER):]: v for k, v in state.items()
-                                   if k.startswith(OUTER)}, xp)
+        load_states(state, optimizer, outer)
         print(f"resuming from iteration {start} ({checkpoint_dir})", file=stream, flush=True)
     else:
         start = 0
@@ -257,9 +253,8 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
 
     def save(iteration):
         if checkpoint_dir and comm.rank == 0:           # the generator of the next task drawn
-            states = {**optimizer.state_dict(),
-                      **{OUTER + k: v for k, v in (outer.state_dict() if outer else {}).items()}}
-            checkpoint.save(checkpoint_dir, to_host(theta), states, task_rng(cfg.seed, TRAIN, iteration, 0), iteration, config)
+            checkpoint.save(checkpoint_dir, to_host(theta), states(optimizer, outer),
+                            task_rng(cfg.seed, TRAIN, iteration, 0), iteration, config)
 
     progress, accuracy, it, loss = Progress(cfg.meta_iters, start, stream), None, start, None
     at_start = optimizer.copy(), outer and outer.copy(), theta
@@ -294,6 +289,21 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
     progress.update(cfg.meta_iters, _status(loss, accuracy), force=True)
     progress.close()
     return theta, optimizer
+
+
+def states(optimizer, outer):
+    """The inner optimizer's state and the outer one's (keys prefixed OUTER), to save."""
+    outer_state = outer.state_dict() if outer else {}
+    return {**optimizer.state_dict(), **{OUTER + k: v for k, v in outer_state.items()}}
+
+
+def load_states(state, optimizer, outer):
+    """Restore what ``states`` saved into the inner optimizer and the outer one (if any)."""
+    xp = get_xp(to_device(np.zeros(1)))
+    optimizer.load_state_dict(state, xp)
+    if outer:
+        outer.load_state_dict({k[len(OUTER):]: v for k, v in state.items()
+                               if k.startswith(OUTER)}, xp)
 
 
 def _open_checkpoint(folder, config):
