@@ -19,8 +19,8 @@ the 20; the first k - 1 batches cycle through the other 75 images. It needs k >=
 
 The paper gives no length either. The paper budget trains every point of its axes for
 Figure 3's 40,000 iterations (about 80 CPU-hours here: with ``--device cuda``). On a CPU it
-trains fewer points, also for 40,000 iterations (about 11 CPU-hours, estimated from 20,000-
-iteration runs of these points; ``--jobs`` shares them): k = 2, 4, 5, 6 and B = 10, 25, 50,
+trains fewer points, also for 40,000 iterations (10.9 CPU-hours for the 24 runs, measured;
+``--jobs`` shares them): k = 2, 4, 5, 6 and B = 10, 25, 50,
 each side of where the shared tail starts to overlap. The budget check below asks Reptile's
 k = 4, B = 25 point (Figure 3's g1+g2+g3+g4) to be above 90%. A first CPU budget of 20,000
 iterations failed it (87.24 +/- 1.27%, 500 tasks; those runs are kept in
