@@ -41,12 +41,15 @@ class BatchNorm:
     products with rx and xhat and per-channel constants, which saves passes over the
     (M, C) arrays; e.g. mean(dy R{xhat}) = s (mean(dy rx) - mean(xhat rx) b - mean(rx) a).
     With rx = None (a zero tangent) R{xhat} = R{s} = 0. Parameters ``gamma, beta (C,)``,
-    initialised to 1 and 0: 2 C in all.
+    initialised to 1 and 0: 2 C in all. scale=False: no gamma (gamma = 1, rgamma = 0),
+    only beta, C parameters, as ``tf.contrib.layers.batch_norm``'s default in Finn et al.'s
+    MAML code (``scale=False``: "when the next layer is linear ... scaling can be done by
+    the next layer").
     """
 
-    def __init__(self, channels, eps=1e-3):
-        self.channels, self.eps = channels, eps
-        self.params = (("gamma", (channels,)), ("beta", (channels,)))
+    def __init__(self, channels, eps=1e-3, scale=True):
+        self.channels, self.eps, self.scale = channels, eps, scale
+        self.params = ((("gamma", (channels,)),) if scale else ()) + (("beta", (channels,)),)
 
     def output_shape(self, in_shape):
         if not in_shape or in_shape[-1] != self.channels:
@@ -56,12 +59,23 @@ class BatchNorm:
     def init(self, rng):
         return {"gamma": np.ones(self.channels), "beta": np.zeros(self.channels)}
 
+    def _gamma(self, p, a2):
+        """gamma tiled as a row of a2's layout, or 1 without scale."""
+        return self._tile(p["gamma"], a2) if self.scale else 1.0
+
+    def _rgamma(self, rp, a2):
+        """R{gamma} tiled as a row of a2's layout, or 0 without scale."""
+        return self._tile(rp["gamma"], a2) if self.scale else 0.0
+
+    def _grads(self, dgamma, dbeta):
+        return {"gamma": dgamma, "beta": dbeta} if self.scale else {"beta": dbeta}
+
     def _rows(self, p, a):
         """a as (..., M/r, r*C), one image row (r = W values of C channels) per row, or
         r = 1 for features (..., B, C). Per-channel vectors are kept tiled r times,
         (..., 1, r*C), so each broadcast runs along a long contiguous row: 1.6x faster
         than (..., M, C) rows at 84x84x32, where the inner loops would be C = 32 long."""
-        lead = p["gamma"].ndim - 1
+        lead = p["beta"].ndim - 1
         r = a.shape[-2] if a.ndim - lead > 2 else 1
         return a.reshape(*a.shape[:lead], -1, r * self.channels)
 
@@ -89,7 +103,7 @@ class BatchNorm:
         s = 1 / get_xp(x).sqrt(self._mean(xc * xc) + self.eps)   # (..., 1, r*C)
         xhat = xc
         xhat *= s
-        y = xhat * self._tile(p["gamma"], x2)
+        y = xhat * self._gamma(p, x2)
         y += self._tile(p["beta"], x2)
         return y.reshape(x.shape), (xhat, s, x.shape)
 
@@ -99,21 +113,21 @@ class BatchNorm:
         a, b = self._mean(dy2), self._mean(dy2 * xhat)            # (..., 1, r*C)
         dx = None
         if need_dx:                                               # dx = g t, g = gamma s
-            g = self._tile(p["gamma"], xhat) * s
+            g = self._gamma(p, xhat) * s
             dx = dy2 * g
             dx -= xhat * (g * b)
             dx -= g * a
             dx = dx.reshape(x_shape)
-        return dx, {"gamma": self._sum(b, xhat), "beta": self._sum(a, xhat)}
+        return dx, self._grads(self._sum(b, xhat), self._sum(a, xhat))
 
     def rforward(self, p, rp, cache, rx):
         xhat, s, x_shape = cache
-        rgamma, rbeta = self._tile(rp["gamma"], xhat), self._tile(rp["beta"], xhat)
+        rgamma, rbeta = self._rgamma(rp, xhat), self._tile(rp["beta"], xhat)
         if rx is None:                                            # R{y} = rgamma xhat + rbeta
             ry = xhat * rgamma
             ry += rbeta
             return ry.reshape(x_shape), None
-        g = self._tile(p["gamma"], xhat) * s                      # (..., 1, r*C)
+        g = self._gamma(p, xhat) * s                              # (..., 1, r*C)
         rx2 = rx.reshape(xhat.shape)                              # (..., M/r, r*C)
         mean_rx, mean_xhat_rx = self._mean(rx2), self._mean(rx2 * xhat)
         ry = rx2 * g                                              # + gamma R{xhat}, expanded
@@ -126,8 +140,8 @@ class BatchNorm:
         dy2, rdy2 = dy.reshape(xhat.shape), rdy.reshape(xhat.shape)     # (..., M/r, r*C)
         a, b = self._mean(dy2), self._mean(dy2 * xhat)                # (..., 1, r*C)
         ra, rb = self._mean(rdy2), self._mean(rdy2 * xhat)
-        gamma = self._tile(p["gamma"], xhat)
-        g, rg = gamma * s, self._tile(rp["gamma"], xhat) * s
+        gamma = self._gamma(p, xhat)
+        g, rg = gamma * s, self._rgamma(rp, xhat) * s
         if rcache is not None:
             rx2, mean_rx, mean_xhat_rx = rcache
             rb += s * (self._mean(dy2 * rx2) - mean_xhat_rx * b - mean_rx * a)
@@ -145,4 +159,4 @@ class BatchNorm:
             rdx -= xhat * c1
             rdx -= c0
             rdx = rdx.reshape(x_shape)
-        return rdx, {"gamma": self._sum(rb, xhat), "beta": self._sum(ra, xhat)}
+        return rdx, self._grads(self._sum(rb, xhat), self._sum(ra, xhat))

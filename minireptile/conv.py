@@ -1,4 +1,5 @@
-"""Convolutional layers of the few-shot CNNs (paper section 6.1): Conv2d, MaxPool2d, Flatten.
+"""Convolutional layers of the few-shot CNNs (paper section 6.1): Conv2d, MaxPool2d, Flatten,
+and MeanPool (the head of Finn et al.'s Omniglot CNN).
 
 The layout is TensorFlow's NHWC, with leading task axes: ``x`` is ``(..., B, H, W, C)``,
 a kernel ``(..., 3, 3, C, F)``. The layer contract is the one of ``layers.py`` (forward,
@@ -27,7 +28,7 @@ from .backend import get_xp
 from .batchnorm import BatchNorm
 from .layers import glorot_uniform, sum_rows, swap
 
-__all__ = ["BatchNorm", "Conv2d", "Flatten", "MaxPool2d", "conv_geometry"]
+__all__ = ["BatchNorm", "Conv2d", "Flatten", "MaxPool2d", "MeanPool", "conv_geometry"]
 
 
 def conv_geometry(size, kernel, stride, padding):
@@ -273,3 +274,41 @@ class Flatten:
 
     def rbackward(self, p, rp, x_shape, rcache, dy, rdy, need_dx=True):
         return rdy.reshape(x_shape), {}
+
+
+class MeanPool:
+    """The mean over the spatial positions: (..., B, H, W, C) -> (..., B, C).
+
+    Finn et al.'s Omniglot CNN (cbfinn/maml, ``maml.py`` forward_conv: ``tf.reduce_mean(hidden4,
+    [1, 2])``) averages the 2x2 positions of its last block before the dense head, where the
+    paper's code flattens them. The map is linear and has no weights, so all four passes are
+    one of two lines:  y = mean(x),  dx = dy / (H W) at every position,  R{y} = mean(rx),
+    R{dx} = rdy / (H W).
+    """
+
+    params = ()
+
+    def output_shape(self, in_shape):
+        _check_image_shape("MeanPool", in_shape)
+        return (in_shape[-1],)
+
+    def init(self, rng):
+        return {}
+
+    @staticmethod
+    def _spread(dy, x_shape):
+        """dy (..., B, C) spread over the H W positions, each getting dy / (H W)."""
+        h, w = x_shape[-3:-1]
+        return get_xp(dy).broadcast_to((dy * (1 / (h * w)))[..., None, None, :], x_shape).copy()
+
+    def forward(self, p, x):
+        return x.mean(axis=(-3, -2)), x.shape
+
+    def backward(self, p, x_shape, dy, need_dx=True):
+        return self._spread(dy, x_shape), {}
+
+    def rforward(self, p, rp, x_shape, rx):
+        return (None if rx is None else rx.mean(axis=(-3, -2))), None
+
+    def rbackward(self, p, rp, x_shape, rcache, dy, rdy, need_dx=True):
+        return self._spread(rdy, x_shape), {}

@@ -46,10 +46,16 @@ def glorot_uniform(rng, shape, fan_in, fan_out):
 
 
 class Linear:
-    """y = x w + b.  x (..., B, D), w (..., D, M), b (..., M)."""
+    """y = x w + b.  x (..., B, D), w (..., D, M), b (..., M).
 
-    def __init__(self, d_in, d_out):
-        self.d_in, self.d_out = d_in, d_out
+    init: 'glorot' (TensorFlow's default) or 'normal', w ~ N(0, 1) (the dense head of Finn
+    et al.'s Omniglot CNN: ``tf.random_normal``); b starts at 0 either way.
+    """
+
+    def __init__(self, d_in, d_out, init="glorot"):
+        if init not in ("glorot", "normal"):
+            raise ValueError(f"unknown init {init!r}; expected glorot or normal")
+        self.d_in, self.d_out, self.init_kind = d_in, d_out, init
         self.params = (("w", (d_in, d_out)), ("b", (d_out,)))
 
     def output_shape(self, in_shape):
@@ -58,8 +64,10 @@ class Linear:
         return (self.d_out,)
 
     def init(self, rng):
-        return {"w": glorot_uniform(rng, (self.d_in, self.d_out), self.d_in, self.d_out),
-                "b": np.zeros(self.d_out)}
+        shape = (self.d_in, self.d_out)
+        w = (rng.standard_normal(shape) if self.init_kind == "normal"
+             else glorot_uniform(rng, shape, self.d_in, self.d_out))
+        return {"w": w, "b": np.zeros(self.d_out)}
 
     def forward(self, p, x):
         y = x @ p["w"]

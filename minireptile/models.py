@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .backend import get_xp, map_tasks
-from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d
+from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d, MeanPool
 from .errors import UserError
 from .layers import Linear, ReLU, Tanh
 from .losses import MSE, SoftmaxCrossEntropy
@@ -252,16 +252,21 @@ def mlp(sizes, activation="relu", loss="mse"):
                       name="mlp(" + "-".join(map(str, sizes)) + ")")
 
 
-def _cnn(blocks, num_classes, input_shape, name):
-    """Convolutional blocks, then Flatten and a dense head sized from the blocks' output."""
+def _cnn(blocks, num_classes, input_shape, name, head=None):
+    """Convolutional blocks, then a dense head sized from the blocks' output: after Flatten
+    (the paper's), or the given (pooling layer, Linear init)."""
     layers, shape = [layer for block in blocks for layer in block], tuple(input_shape)
     for layer in layers:
         shape = layer.output_shape(shape)
-    layers += [Flatten(), Linear(int(np.prod(shape)), num_classes)]
+    pool, init = head or (Flatten(), "glorot")
+    layers += [pool, Linear(pool.output_shape(shape)[0], num_classes, init)]
     return Sequential(layers, SoftmaxCrossEntropy(), input_shape, name=name)
 
 
-def omniglot_cnn(num_classes, input_shape=(28, 28, 1), filters=64):
+NETWORKS = ("reptile", "maml")        # whose code's Omniglot CNN: the paper's, or Finn et al.'s
+
+
+def omniglot_cnn(num_classes, input_shape=(28, 28, 1), filters=64, network="reptile"):
     """The paper's Omniglot model (section 6.1, from MAML's): 4 x [conv 3x3 stride 2 'same',
     batch norm, ReLU] -> dense, with the summed softmax cross-entropy.
 
@@ -269,13 +274,27 @@ def omniglot_cnn(num_classes, input_shape=(28, 28, 1), filters=64):
     Parameters, as in the TensorFlow model (kernels, biases, batch-norm scale and offset,
     dense): 640 + 3 * 36928 (convs) + 4 * 128 (batch norm) + 257 N (dense) = 111936 + 257 N,
     113221 for N = 5 classes, 117076 for N = 20.
+
+    network='maml': the same blocks as Finn et al.'s code builds them (cbfinn/maml,
+    ``maml.py`` construct_conv_weights and forward_conv, ``utils.py`` normalize): batch norm
+    with an offset but no scale (``tf.contrib.layers.batch_norm``'s default), the mean over
+    the 2x2 positions (``MeanPool``), and a dense head of 64 N weights drawn from N(0, 1):
+    640 + 3 * 36928 + 4 * 64 + 65 N = 111680 + 65 N, 112005 for N = 5.
+    (Their batch-norm offsets are variables outside the inner loop's weights, meta-learned
+    only; here they adapt with the rest.)
     ``input_shape`` and ``filters`` may be reduced for gradient checks.
     """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; expected reptile or maml")
+    finn = network == "maml"
     c, blocks = input_shape[-1], []
     for _ in range(4):
-        blocks.append([Conv2d(c, filters, stride=2, padding="same"), BatchNorm(filters), ReLU()])
+        blocks.append([Conv2d(c, filters, stride=2, padding="same"),
+                       BatchNorm(filters, scale=not finn), ReLU()])
         c = filters
-    return _cnn(blocks, num_classes, input_shape, f"omniglot_cnn({num_classes})")
+    suffix = ", maml" if finn else ""
+    return _cnn(blocks, num_classes, input_shape, f"omniglot_cnn({num_classes}{suffix})",
+                (MeanPool(), "normal") if finn else None)
 
 
 def miniimagenet_cnn(num_classes, input_shape=(84, 84, 3), filters=32):

@@ -58,6 +58,7 @@ class TrainConfig:
     holds args.py's, which ``--defaults paper`` selects (see cli/train.py).
     """
     dataset: str = "omniglot"   # omniglot | miniimagenet (which CNN)
+    network: str = "reptile"    # reptile | maml: the CNN of the paper's code or of Finn et al.'s
     classes: int = 5            # N-way
     shots: int = 1              # K-shot at evaluation
     train_shots: int = 10       # images per class in a training task (0 = shots)
@@ -106,6 +107,8 @@ class TrainConfig:
                                 f"got {value}")
         if self.algo not in ("reptile", "fomaml", "maml", "combination"):
             raise UserError(f"unknown --algo {self.algo!r}; expected reptile, fomaml or maml")
+        if self.network not in ("reptile", "maml"):
+            raise UserError(f"unknown --network {self.network!r}; expected reptile or maml")
         if self.outer not in ("sgd", "adam"):
             raise UserError(f"unknown --outer {self.outer!r}; expected sgd or adam")
         if self.algo == "maml" and not self.sgd:
@@ -345,7 +348,7 @@ def _status(loss, accuracy):
 IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
-            "seed", "model", "dataset", "augment")
+            "seed", "model", "dataset", "augment", "network")
 
 
 def refuse_mismatch(folder, saved, config, iteration):
@@ -366,7 +369,7 @@ def refuse_mismatch(folder, saved, config, iteration):
 def differences(saved, config, fields=IDENTITY):
     """"FIELD SAVED (now NEW)" for each of fields in which a saved run's configuration
     differs from config (a field an older version did not save counts as its default)."""
-    defaults = {"combination": "", "outer": "sgd"}
+    defaults = {"combination": "", "outer": "sgd", "network": "reptile"}
     return [f"{k} {saved.get(k, defaults.get(k))!r} (now {config.get(k)!r})"
             for k in fields if saved.get(k, defaults.get(k)) != config.get(k)]
 

@@ -8,7 +8,7 @@ output shapes at the real input sizes and the parameter counts of the TensorFlow
 import numpy as np
 import pytest
 
-from minireptile.conv import BatchNorm, Conv2d, Flatten, MaxPool2d, conv_geometry
+from minireptile.conv import BatchNorm, Conv2d, Flatten, MaxPool2d, MeanPool, conv_geometry
 from minireptile.meta import maml_gradient
 from minireptile.models import miniimagenet_cnn, omniglot_cnn
 
@@ -47,11 +47,14 @@ LAYER_CASES = [
     (Conv2d(2, 3, stride=2, padding="valid"), (2, 7, 6, 2)),
     (BatchNorm(3), (3, 4, 5, 3)),
     (BatchNorm(3), (6, 3)),
+    (BatchNorm(3, scale=False), (3, 4, 5, 3)),
     (MaxPool2d(), (2, 4, 6, 3)),
     (MaxPool2d(), (2, 5, 7, 3)),
     (Flatten(), (2, 3, 4, 2)),
+    (MeanPool(), (2, 3, 4, 2)),
 ]
-LAYER_IDS = [f"{type(layer).__name__}-{getattr(layer, 'stride', '')}"
+LAYER_IDS = [f"{type(layer).__name__}{'' if getattr(layer, 'scale', True) else '-noscale'}-"
+             f"{getattr(layer, 'stride', '')}"
              f"{getattr(layer, 'padding', '')}-{'x'.join(map(str, s))}" for layer, s in LAYER_CASES]
 
 
@@ -246,6 +249,8 @@ def reduced(name):
     """Small versions that still exercise stride 2 on odd sizes and pooling of odd sizes."""
     if name == "omniglot":
         return omniglot_cnn(3, input_shape=(9, 9, 2), filters=4)          # 9 -> 5 -> 3 -> 2 -> 1
+    if name == "omniglot-maml":                          # Finn et al.'s: 2x2 positions averaged
+        return omniglot_cnn(3, input_shape=(13, 13, 2), filters=4, network="maml")
     return miniimagenet_cnn(3, input_shape=(11, 11, 2), filters=3)       # 11 -> 6 -> 3 -> 2 -> 1
 
 
@@ -263,7 +268,7 @@ def model_problem(model, rng, lead=(), batch=4):
     return theta, x, y
 
 
-@pytest.mark.parametrize("name", ["omniglot", "miniimagenet"])
+@pytest.mark.parametrize("name", ["omniglot", "omniglot-maml", "miniimagenet"])
 def test_model_gradient_and_hvp_match_finite_differences(name):
     rng = np.random.default_rng(7)
     model = reduced(name)
@@ -279,7 +284,7 @@ def test_model_gradient_and_hvp_match_finite_differences(name):
     assert rel_err(u @ hv, v @ model.hvp(theta, x, y, u)) < 1e-10
 
 
-@pytest.mark.parametrize("name", ["omniglot", "miniimagenet"])
+@pytest.mark.parametrize("name", ["omniglot", "omniglot-maml", "miniimagenet"])
 def test_model_task_axis_equals_separate_tasks(name):
     rng = np.random.default_rng(8)
     model = reduced(name)
@@ -341,3 +346,16 @@ def test_parameter_counts_equal_the_tensorflow_models():
     model = omniglot_cnn(5)
     assert model.init(np.random.default_rng(0)).shape == (113221,)
     assert model.layout["1.gamma"][1] == (64,) and model.layout["0.w"][1] == (3, 3, 1, 64)
+    finn = conv(1, 64) + 3 * conv(64, 64) + 4 * 64 + (64 + 1) * 5      # no scale, mean-pooled
+    assert omniglot_cnn(5, network="maml").num_params == finn == 112005
+
+
+def test_finn_network_head_starts_standard_normal():
+    """Finn et al.'s dense head: w ~ N(0, 1) (tf.random_normal), b = 0; the convolutions
+    keep the Glorot kernels of the paper's network."""
+    model = omniglot_cnn(20, network="maml")
+    theta = model.init(np.random.default_rng(0))
+    off, shape = model.layout[f"{len(model.layers) - 1}.w"]                # the dense layer
+    w = theta[off:off + int(np.prod(shape))]
+    assert shape == (64, 20) and abs(w.std() - 1) < 0.05 and abs(w.mean()) < 0.1
+    assert model.shapes[-2] == (64,)

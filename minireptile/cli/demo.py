@@ -59,7 +59,7 @@ def load_learner(folder, classes, shots, eval_iters, seed):
         if not 1 <= eval_iters <= 1000:
             raise UserError(f"--eval-iters {eval_iters}: take between 1 and 1000 steps")
         cfg.eval_iters = eval_iters
-    model = build_model("omniglot", cfg.classes)
+    model = build_model("omniglot", cfg.classes, cfg.network)
     theta, optimizer = load_trained(folder, cfg)
     if theta.shape != (model.num_params,):
         raise UserError(f"{folder}: theta has {theta.shape[-1]} parameters, the omniglot "

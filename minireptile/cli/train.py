@@ -77,6 +77,10 @@ def register(sub):
                    help="exact MAML: recompute each inner step's forward and backward passes "
                         "for its Hessian-vector product instead of keeping them (memory O(k P) "
                         "instead of k steps' activations; about 1.3x slower on Omniglot)")
+    p.add_argument("--network", choices=("reptile", "maml"), default=None,
+                   help="omniglot CNN as the paper's code builds it (reptile, default) or as "
+                        "Finn et al.'s MAML code does (maml: batch norm without scale, the "
+                        "2x2 positions averaged, a N(0, 1) dense head)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no rotated copies of the training classes (Omniglot has them)")
     p.add_argument("--defaults", choices=("quick", "paper"), default="quick",
@@ -174,9 +178,13 @@ def load_data(path, dataset):
     return ds
 
 
-def build_model(dataset, classes):
+def build_model(dataset, classes, network="reptile"):
     from ..models import miniimagenet_cnn, omniglot_cnn
-    return (omniglot_cnn if dataset == "omniglot" else miniimagenet_cnn)(classes)
+    if dataset == "omniglot":
+        return omniglot_cnn(classes, network=network)
+    if network != "reptile":
+        raise UserError(f"--network {network}: only the omniglot CNN has Finn et al.'s variant")
+    return miniimagenet_cnn(classes)
 
 
 def final_evaluation(model, theta, optimizer, ds, cfg, stream, seed=None,
@@ -228,7 +236,7 @@ def run_train(args):
         raise UserError("--pretrained needs --checkpoint DIR holding a trained model")
     comm = start_distributed(args)
     ds = load_data(args.data, args.dataset)
-    model = build_model(args.dataset, cfg.classes)
+    model = build_model(args.dataset, cfg.classes, cfg.network)
     stream = sys.stdout if comm.rank == 0 else open(os.devnull, "w")
     print(f"minireptile train {args.dataset}: {cfg.algo}, {cfg.classes}-way {cfg.shots}-shot, "
           f"{cfg.meta_iters} meta-iterations of {cfg.meta_batch} tasks x {cfg.inner_iters} "
@@ -282,7 +290,7 @@ def run_eval(args):
     cfg.transductive = args.transductive
     cfg.validate()
     ds = load_data(args.data, cfg.dataset)
-    model = build_model(cfg.dataset, cfg.classes)
+    model = build_model(cfg.dataset, cfg.classes, cfg.network)
     theta, optimizer = load_trained(args.checkpoint, cfg)
     if theta.shape != (model.num_params,):
         raise UserError(f"{args.checkpoint}: theta has {theta.shape[-1]} parameters, the "
