@@ -19,7 +19,9 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["minireptile", "minireptile.*"]),
     package_data={"minireptile": ["assets/*", "assets/demo-omniglot-3way/*", "demo/static/*"]},
-    install_requires=["numpy>=1.22", "scipy>=1.8", "h5py>=3.6"],
+    # threadpoolctl: one BLAS thread per worker on OpenBLAS, MKL or BLIS, on every OS
+    # (parallel.set_blas_threads); pure Python, no dependencies
+    install_requires=["numpy>=1.22", "scipy>=1.8", "h5py>=3.6", "threadpoolctl>=3"],
     extras_require={
         "cuda": ["cupy-cuda12x"],
         "data": ["Pillow>=9"],

@@ -7,6 +7,7 @@ leaves a half-written checkpoint; ``load`` checks everything and raises ``UserEr
 one line naming the file for anything wrong (a corrupt file, another model, another format).
 """
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -32,6 +33,75 @@ def atomic_write(path, write):
     """Call write(file_object) on a temporary file beside path, then rename it to path."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
+
+
+class Busy(UserError):
+    """Another live process holds the lock (``holder``: "pid P on HOST")."""
+
+    def __init__(self, path, holder):
+        super().__init__(f"{path}: {holder} is writing it; let it finish (or stop it) first")
+        self.holder = holder
+
+
+_HELD = {}                # lock file -> [fd, depth]: the locks this process holds
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold the lock of a run folder or output file for the block: one writer at a time.
+
+    Every writer takes it -- ``train`` on its checkpoint folder, ``eval --out`` into a run
+    folder, each run of ``reproduce`` and of its ``--jobs`` -- so a second one gets ``Busy``
+    naming the first (the lock file holds "pid P on HOST"). It is an exclusive ``flock`` on
+    PATH.lock beside the folder or file, which the system releases when its process ends
+    however it ends: no stale lock to break, no race between two that find one. Taken again
+    by the process that holds it, it is held once more (a reproduce run calling train.run).
+    """
+    lock = os.path.abspath(path).rstrip(os.sep) + ".lock"
+    if lock in _HELD:
+        _HELD[lock][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock][1] -= 1
+        return
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise Busy(path, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, process_name().encode(), 0)
+    _HELD[lock] = [fd, 1]
+    try:
+        yield
+    finally:
+        if _HELD[lock][1] == 1:
+            del _HELD[lock]
+            os.ftruncate(fd, 0)
+            os.close(fd)                                 # releases the flock
+
+
+def holder(path):
+    """The live process holding path's lock ("pid P on HOST"), or None."""
+    try:
+        with locked(path):
+            return None
+    except Busy as busy:
+        return busy.holder
+
+
+def write_json(path, obj):
+    """obj as indented JSON at path, through ``atomic_write``."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text(path, text):
+    """text (UTF-8) at path, through ``atomic_write``."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 @contextlib.contextmanager
@@ -179,6 +249,22 @@ def writer(folder):
             return json.loads(str(z["meta"])).get("writer")
     except (*_UNREADABLE, AttributeError):              # AttributeError: meta not a dict
         return None
+
+
+def make_folder(folder, what="folder"):
+    """Make folder (and its parents) unless it exists; one-line UserError naming `what` when
+    it cannot be made: a file in the way, no permission."""
+    if os.path.isdir(folder):
+        return
+    if os.path.exists(folder):
+        raise UserError(f"{what} {folder}: exists and is not a folder")
+    try:
+        os.makedirs(folder)
+    except FileExistsError:                          # made meanwhile by another process
+        if not os.path.isdir(folder):
+            raise UserError(f"{what} {folder}: exists and is not a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {folder}: cannot be made ({exc.strerror})") from None
 
 
 def exists(folder):

@@ -1,5 +1,8 @@
 """Few-shot evaluation (section 6.1): fine-tune on the K shots, classify held-out samples.
 
+``run(folder)`` is ``minireptile eval``: a checkpoint's accuracy per split (``final``); the
+training loop's periodic estimate and its final evaluation call ``evaluate`` the same way.
+
 Per task: N classes, K + 1 images each; the K shots are the training set, the extra image
 of every class the test set. Starting from theta and from a *copy* of the inner Adam state
 (the paper's code backs up and restores both around each task), take ``eval_iters`` inner
@@ -16,15 +19,26 @@ is never touched (nothing to restore). Task i draws from its own generator, keye
 evaluation and i (``data.batches.task_rng``), so that the tasks can be split over processes
 (``distributed.py``) and still be the same tasks.
 """
+import dataclasses
+import os
+import sys
+import time
+from contextlib import nullcontext
+
 import numpy as np
 
+from . import backend, checkpoint
 from .backend import dtype, get_xp, to_device, to_host
+from .config import build_model, from_saved, inner_optimizer, load_data
 from .data.batches import gather, sample_each, task_rng
 from .distributed import LOCAL
 from .errors import UserError
-from .meta import adapt, inner_steps, tile
-from .optim import SGD
+from .meta import adapt
+from .optim import Adam
+from .parallel import map_tasks
 from .progress import Progress
+
+QUICK_EVAL, FINAL = 2, 2 ** 31   # first entry of an evaluation task's key (task_rng)
 
 MEMORY_BUDGET = 1 << 30     # bytes of activations one evaluation pass may hold (1 GiB)
 BYTES_PER_VALUE = 16        # float32 activations, kept about 4 times (caches, gradients)
@@ -95,12 +109,14 @@ def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, ev
         x, y, xq, yq, idx = sample_each(ds, split, rngs, num_classes, num_shots, eval_batch,
                                         eval_iters, 1, replacement)
         xs, ys = gather(x, y, idx)
-        xs, ys = to_device(xs, dtype()), to_device(ys)
-        phi = adapt(model, xp.broadcast_to(theta, (len(tasks),) + theta.shape),
-                    [(xs[:, j], ys[:, j]) for j in range(eval_iters)], optimizer.copy(),
-                    weight_decay)
-        pred = predict_test(model, phi, to_device(x, dtype()), to_device(xq, dtype()),
-                            transductive)
+        xs, x, xq, ys = (*(to_device(a, dtype()) for a in (xs, x, xq)), to_device(ys))
+
+        def tasks_of(rows):                          # adapt, then classify, these tasks
+            phi = adapt(model, xp.broadcast_to(theta, (rows.stop - rows.start,) + theta.shape),
+                        [(xs[rows, j], ys[rows, j]) for j in range(eval_iters)],
+                        optimizer.copy(), weight_decay)
+            return predict_test(model, phi, x[rows], xq[rows], transductive)
+        pred = map_tasks(tasks_of, len(tasks), xs[0, 0].size)
         correct.append((to_host(pred) == yq).mean(axis=1))
         if progress:
             progress.update(start + len(tasks), force=start + len(tasks) == len(mine))
@@ -110,18 +126,105 @@ def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, ev
     return float(acc.mean()), float(1.96 * acc.std() / np.sqrt(len(acc))), acc
 
 
-def adaptation_losses(model, theta, tasks, alpha, steps=(0, 1, 2, 4, 8, 16, 32)):
-    """Sine regression (section 4, Figure 1): mean loss (Eq. 8) over the tasks after s
-    test-time SGD steps on their p points.
+def final(model, theta, optimizer, ds, cfg, stream=None, seed=None, splits=("train", "test"),
+          comm=LOCAL):
+    """Accuracy over cfg.eval_samples tasks of each split, as a dict; progress on stream.
 
-    theta: (P,); alpha: the SGD step size. Returns ({s: mean loss} for s in steps, phi)
-    with phi (n, P) the weights after max(steps) steps (``meta.inner_steps``).
+    Per split: mean accuracy, its 95% interval, seconds, and the test samples each task got
+    right ("correct", one count out of N per task). Task i of a split draws from
+    (seed, FINAL, split, i) (``data.batches.task_rng``), seed defaulting to cfg.seed; comm:
+    the processes sharing the tasks.
     """
-    phi = tile(theta, len(tasks.amplitude))
-    losses = {0: float(model.loss(phi, *tasks.test).mean())} if 0 in steps else {}
-    for s, step in enumerate(inner_steps(model, phi, [tasks.train] * max(steps), SGD(alpha)),
-                             start=1):
-        phi = step.phi
-        if s in steps:
-            losses[s] = float(model.loss(phi, *tasks.test).mean())
-    return losses, phi
+    seed = cfg.seed if seed is None else seed
+    results = {"classes": cfg.classes, "shots": cfg.shots, "transductive": cfg.transductive,
+               "eval_samples": cfg.eval_samples, "eval_iters": cfg.eval_iters, "seed": seed}
+    for split in splits:
+        t0 = time.time()
+        key = (seed, FINAL, ("train", "val", "test").index(split))
+        mean, half, acc = evaluate(model, theta, optimizer, ds, split, key, cfg.classes,
+                                   cfg.shots, cfg.eval_batch, cfg.eval_iters,
+                                   cfg.eval_samples, cfg.transductive, cfg.replacement,
+                                   cfg.weight_decay, stream=stream, comm=comm)
+        results[split] = {"accuracy": mean, "ci95": half, "seconds": time.time() - t0,
+                          "correct": [int(round(a * cfg.classes)) for a in acc]}
+    mode = "transductive" if cfg.transductive else "non-transductive"
+    print(f"\n{cfg.classes}-way {cfg.shots}-shot, {mode}, {cfg.eval_samples} tasks per split",
+          file=stream)
+    print("| classes | accuracy | 95% interval |\n| --- | --- | --- |", file=stream)
+    for split in splits:
+        r = results[split]
+        print(f"| {split} | {100 * r['accuracy']:.2f}% | +/- {100 * r['ci95']:.2f}% |",
+              file=stream)
+    return results
+
+
+def load_trained(folder):
+    """(cfg, theta on the device, inner optimizer with its saved state, iteration) of the
+    checkpoint in folder; its configuration decides the model and the optimizer."""
+    theta, state, _, iteration, config = checkpoint.load(folder)
+    if not isinstance(config, dict) or not {"classes", "dataset"} <= set(config):
+        raise UserError(f"{folder}: not a few-shot training checkpoint (its configuration "
+                        f"names no classes and dataset)")
+    cfg = from_saved(config)
+    optimizer = inner_optimizer(cfg)
+    if isinstance(optimizer, Adam):
+        if not {"t", "m", "v"} <= set(state):
+            raise UserError(f"{folder}: an Adam run's checkpoint without Adam's state")
+        optimizer.load_state_dict(state, backend.xp())
+    if not np.all(np.isfinite(theta)):
+        raise UserError(f"{folder}: its parameters are not all finite (a diverged run)")
+    return cfg, backend.to_device(theta, backend.dtype()), optimizer, iteration
+
+
+def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_samples=None,
+        transductive=False, split="both", seed=None, stream=None, comm=LOCAL, out=None):
+    """``minireptile eval``: the few-shot accuracy of the checkpoint in folder.
+
+    The checkpoint's configuration gives every setting the arguments leave None; its seed
+    draws the tasks unless seed is given (the training run's own final evaluation draws the
+    same tasks). split: train, test or both. Returns the results (``final``'s, with the
+    checkpoint, its iteration and the command), written as JSON to out by rank 0.
+    """
+    stream = stream or sys.stdout
+    if comm.rank != 0:
+        stream = open(os.devnull, "w")
+    if out:
+        checkpoint.make_folder(os.path.dirname(os.path.abspath(out)), "--out")
+    cfg, theta, optimizer, iteration = load_trained(folder)
+    for name, value in (("shots", shots), ("eval_batch", eval_batch),
+                        ("eval_iters", eval_iters), ("eval_samples", eval_samples)):
+        if value is not None:
+            setattr(cfg, name, value)
+    cfg.transductive = transductive
+    cfg.validate()
+    ds, model = load_data(data, cfg.dataset), build_model(cfg)
+    if theta.shape != (model.num_params,):
+        raise UserError(f"{folder}: theta has {theta.shape[-1]} parameters, the "
+                        f"{model.name} model {model.num_params}")
+    splits = ("train", "test") if split == "both" else (split,)
+    into = os.path.dirname(os.path.abspath(out)) if out else None
+    with (checkpoint.locked(into) if into and checkpoint.exists(into) and comm.rank == 0
+          else nullcontext()):                       # a run folder: one writer at a time
+        results = final(model, theta, optimizer, ds, cfg, stream, seed=seed, splits=splits,
+                        comm=comm)
+        results.update(checkpoint=folder, iteration=iteration, processes=comm.size,
+                       config=dataclasses.asdict(cfg),
+                       command=eval_command(folder, data=data, shots=shots,
+                                            eval_batch=eval_batch, eval_iters=eval_iters,
+                                            eval_samples=eval_samples,
+                                            transductive=transductive, split=split,
+                                            seed=seed, out=out))
+        if out and comm.rank == 0:
+            checkpoint.write_json(out, results)
+    return results
+
+
+def eval_command(folder, **options):
+    """The ``minireptile eval`` command of ``run(folder, **options)`` (None: not given)."""
+    words = ["minireptile", "eval", "--checkpoint", folder]
+    for name, value in options.items():
+        if value is True:
+            words.append(f"--{name.replace('_', '-')}")
+        elif value not in (None, False) and not (name == "split" and value == "both"):
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(words)

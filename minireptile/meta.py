@@ -1,18 +1,19 @@
-"""The meta-learning core: the inner loop, Reptile, FOMAML, exact MAML and the outer update.
+"""The meta-learning core: the inner loop, each algorithm's update, the outer step.
 
-Every command runs these functions: few-shot training (batched and ``--sequential``),
-evaluation's fine-tuning, sine, the demo, the theory tools, ``gradcheck`` and ``bench``.
-A meta-batch of n tasks runs as one batched pass over a leading task axis: ``theta`` of
-shape ``(n, P)`` (one copy per task, ``tile``) and mini-batches ``(x, y)`` of shape
-``(n, B, ...)``.
+Every command runs these functions: few-shot training, evaluation's fine-tuning, sine, the
+demo, the theory tools, ``gradcheck`` and ``bench``. Each works on one task, theta (P,) and
+mini-batches (x (B, ...), y (B, ...)), or on n tasks at once with a leading task axis,
+theta (n, P) and (x (n, B, ...), y (n, B, ...)); how a meta-batch's tasks are run and
+combined is ``metabatch.py``.
 
-    phi = U^k(theta)        inner_steps, adapt      k optimizer steps, one per mini-batch
-    Delta_i, one per task   task_update             what task i proposes, in parameter units:
-        reptile             phi_k - theta                                  Eq. (5), Alg. 1
-        fomaml              phi_k - phi_{k-1}, the last inner update       section 2
-        combination w       sum_j w_j (phi_j - phi_{j-1})                  section 6.2
-        maml                -alpha g_MAML                                  Eqs. (17)-(21)
-    theta <- theta + epsilon mean_i Delta_i        meta_update, outer_step
+    phi = U^k(theta)          inner_steps, adapt     k optimizer steps, one per mini-batch
+    Delta, what a task proposes, in parameter units (``delta_rule`` picks one):
+        reptile_delta         phi_k - theta                                Eq. (5), Alg. 1
+        fomaml_delta          phi_k - phi_{k-1}, the last inner update     section 2
+        combination_delta     sum_j w_j (phi_j - phi_{j-1})                section 6.2
+        maml_delta            -alpha g_MAML                                Eqs. (17)-(21)
+    g_MAML                    maml_gradient     (I - alpha H_1) ... (I - alpha H_k) g_test
+    theta <- theta + epsilon mean_i Delta_i       outer_step (metabatch.meta_update)
 
 One convention for epsilon, the paper's code's: the outer step adds epsilon times the mean
 update, and every update is a step in parameter space. With an SGD inner loop the inner
@@ -32,7 +33,7 @@ from typing import NamedTuple
 from .backend import get_xp
 from .optim import SGD
 
-ALGOS = ("reptile", "fomaml", "maml")             # and "combination" (section 6.2)
+ALGOS = ("reptile", "fomaml", "maml")             # the named ones; also "combination"
 
 
 class Step(NamedTuple):
@@ -119,7 +120,9 @@ def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse):
     hvps, phi, first = [], theta, None
     for step in inner_steps(model, theta, inner_batches, SGD(alpha), weight_decay, reuse):
         hvps.append(step.hvp)                                        # v -> H_i v
-        phi, first = step.phi, step.loss if first is None else first  # phi_i
+        phi = step.phi                                               # phi_i
+        if first is None:
+            first = step.loss
     loss, v = model.loss_and_grad(phi, *test_batch)                  # L_test'(phi_k)
     for hvp in reversed(hvps):
         v = v - alpha * hvp(v)                                       # (I - alpha H_i) v
@@ -127,98 +130,83 @@ def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse):
     return v, loss if first is None else first
 
 
-def task_update(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
-                reuse=True):
-    """Delta, the update each task proposes, and the loss of its first mini-batch.
+def reptile_delta(model, theta, batches, optimizer, weight_decay=1.0):
+    """Delta = phi_k - theta.   Eq. (5) / Algorithm 1.
 
-        reptile      Delta = phi_k - theta                         Eq. (5) / Algorithm 1
-        fomaml       Delta = phi_k - phi_{k-1}                     the last inner update
-        combination  Delta = sum_j w_j (phi_j - phi_{j-1})         section 6.2, w = weights
-        maml         Delta = -alpha g_MAML(batches[:-1], batches[-1])   Eqs. (17)-(21)
-
-    With SGD (and no weight decay) phi_j - phi_{j-1} = -alpha g_j, so FOMAML is -alpha g_k
-    (Eq. 38's first-order term), a combination -alpha sum_j w_j g_j, Reptile w = (1, ..., 1)
-    and FOMAML w = (0, ..., 0, 1). Exact MAML needs an SGD inner loop.
-
-    theta: (P,) or (n, P); batches: k pairs (x, y) with theta's task axes; optimizer: the
-    inner one; reuse: exact MAML's memory for time (``maml_gradient``).
-    Returns (Delta with theta's shape, loss with theta's task shape).
+    With SGD, phi_k - theta = -alpha sum_i g_i (section 6.2's "sum", Eq. 27 to first order).
+    Returns (Delta with theta's shape, the loss of the first mini-batch).
     """
-    if algo == "maml":
-        if not isinstance(optimizer, SGD):
-            raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
-        g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay,
-                        reuse)
-        return -optimizer.lr * g, loss
-    if algo == "combination":
-        if weights is None or len(weights) != len(batches):
-            raise ValueError(f"a combination needs one weight per mini-batch ({len(batches)})")
-    elif algo not in ("reptile", "fomaml"):
-        raise ValueError(f"unknown algorithm {algo!r}; expected reptile, fomaml, maml or "
-                         f"combination")
-    if not batches:
-        raise ValueError("the inner loop needs at least one mini-batch")
+    step, first = _last_step(model, theta, batches, optimizer, weight_decay)
+    return step.phi - theta, first                                   # phi_k - theta
+
+
+def fomaml_delta(model, theta, batches, optimizer, weight_decay=1.0):
+    """Delta = phi_k - phi_{k-1}, the last inner update.   Section 2, Eq. (26).
+
+    With SGD it is -alpha g_k, FOMAML's meta-gradient step; with Adam it is Adam's last step,
+    exactly what the paper's code takes (``phi_k - last_backup``). The last mini-batch is
+    the tail: drawn like the others (shared) or held out (separate, section 6.3).
+    """
+    step, first = _last_step(model, theta, batches, optimizer, weight_decay)
+    return step.phi - step.phi_prev, first                           # phi_k - phi_{k-1}
+
+
+def combination_delta(model, theta, batches, optimizer, weights, weight_decay=1.0):
+    """Delta = sum_j w_j (phi_j - phi_{j-1}).   Section 6.2, Figure 3.
+
+    With SGD, -alpha sum_j w_j g_j: Reptile is w = (1, ..., 1), FOMAML w = (0, ..., 0, 1).
+    weights: k numbers, one per mini-batch.
+    """
+    if weights is None or len(weights) != len(batches):
+        raise ValueError(f"a combination needs one weight per mini-batch ({len(batches)})")
     delta, first = 0, None
-    for j, step in enumerate(inner_steps(model, theta, batches, optimizer, weight_decay)):
-        first = step.loss if first is None else first
-        if algo == "combination" and weights[j]:
-            delta = delta + weights[j] * (step.phi - step.phi_prev)  # w_j (phi_j - phi_{j-1})
-    if algo == "reptile":
-        delta = step.phi - theta                                     # phi_k - theta
-    elif algo == "fomaml":
-        delta = step.phi - step.phi_prev                             # phi_k - phi_{k-1}
+    for w, step in zip(weights, inner_steps(model, theta, batches, optimizer, weight_decay)):
+        if first is None:
+            first = step.loss
+        if w:
+            delta = delta + w * (step.phi - step.phi_prev)           # w_j (phi_j - phi_{j-1})
     return delta, first
 
 
-def sum_tasks(arrays):
-    """([a.sum(axis=0) for a in arrays], n): sums over the task axis, in task order.
+def maml_delta(model, theta, batches, optimizer, weight_decay=1.0, reuse=True):
+    """Delta = -alpha g_MAML(batches[:-1]; test batch batches[-1]).   Eqs. (17)-(21).
 
-    The default ``reduce``: the meta-batch's n tasks are all in this process. Split over
-    processes, ``distributed.py`` gives a reduce with the same contract that sums over every
-    process's tasks (in task order, with the same additions as here, when deterministic).
+    In parameter units like the others (``--meta-step`` means the same for all); the inner
+    loop must be SGD, the steps g_MAML differentiates through. reuse: ``maml_gradient``.
     """
-    return [a.sum(axis=0) for a in arrays], len(arrays[0])
+    if not isinstance(optimizer, SGD):
+        raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
+    g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay, reuse)
+    return -optimizer.lr * g, loss
 
 
-def _reduced_updates(algo, model, theta, batches, optimizer, weight_decay, weights, sequential,
-                     reduce, reuse):
-    """(Delta_i of the tasks here (n_here, P), sum_i Delta_i, sum_i loss_i, n): the sums over
-    all n tasks, from one ``reduce`` call that also carries what merges the inner optimizer's
-    per-task states (Adam's moments, ``Adam.merge_tasks``), so that the tasks' processes
-    exchange everything the outer update needs at once."""
-    n, xp = batches[0][0].shape[0], get_xp(theta)
-    if sequential:
-        runs = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], optimizer,
-                            weight_decay, weights, reuse) for i in range(n)]
-        delta, loss, terms = xp.stack([r[0] for r in runs]), xp.stack([r[1] for r in runs]), []
-    else:
-        start = optimizer.snapshot()
-        delta, loss = task_update(algo, model, xp.broadcast_to(theta, (n,) + theta.shape),
-                                  batches, optimizer, weight_decay, weights, reuse)
-        terms = optimizer.task_terms(start)                   # Adam: s_i - beta^k s_0
-    (delta_sum, loss_sum, *term_sums), total = (reduce or sum_tasks)([delta, loss, *terms])
-    if not sequential:
-        optimizer.merge_sums(start, term_sums, total)
-    return delta, delta_sum, loss_sum, total
+def _last_step(model, theta, batches, optimizer, weight_decay):
+    """(the inner loop's last ``Step``, the loss of its first mini-batch)."""
+    if not batches:
+        raise ValueError("the inner loop needs at least one mini-batch")
+    first = step = None
+    for step in inner_steps(model, theta, batches, optimizer, weight_decay):
+        if first is None:
+            first = step.loss
+    return step, first
 
 
-def task_updates(algo, model, theta, batches, optimizer, weight_decay=1.0, weights=None,
-                 sequential=False, reduce=None, reuse=True):
-    """Delta_i for the n tasks of a meta-batch (n, P), and the mean first-batch loss.
+DELTAS = {"reptile": reptile_delta, "fomaml": fomaml_delta, "combination": combination_delta,
+          "maml": maml_delta}
 
-    Batched (default): the n tasks in one pass over the task axis. A stateful inner optimizer
-    (Adam) gives every task a copy of its state, and the n copies are merged after
-    (``Adam.merge_tasks``: exact with SGD, the documented approximation with Adam).
-    sequential=True: the tasks one after another through the one optimizer state, exactly
-    as the paper's code feeds them.
 
-    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)). reduce: see ``meta_update``
-    (the loss and the merge then cover every process's tasks; Delta is this process's).
-    reuse: exact MAML's memory for time (``maml_gradient``).
-    """
-    delta, _, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
-                                             weight_decay, weights, sequential, reduce, reuse)
-    return delta, loss_sum / n
+def delta_rule(algo, weight_decay=1.0, weights=None, reuse=True):
+    """The algorithm's Delta as one function (model, theta, batches, optimizer) ->
+    (Delta, loss of the first mini-batch), its options bound: weight decay for all, the
+    weights w_j of a combination, and exact MAML's memory for time (``maml_gradient``)."""
+    if algo not in DELTAS:
+        raise ValueError(f"unknown algorithm {algo!r}; expected one of {', '.join(DELTAS)}")
+    options = {"weight_decay": weight_decay}
+    if algo == "combination":
+        options["weights"] = weights
+    if algo == "maml":
+        options["reuse"] = reuse
+    return partial(DELTAS[algo], **options)
 
 
 def outer_step(theta, delta, epsilon, outer=None):
@@ -231,29 +219,6 @@ def outer_step(theta, delta, epsilon, outer=None):
         return theta + epsilon * delta
     outer.lr = epsilon
     return outer.step(theta, -delta)
-
-
-def meta_update(algo, model, theta, batches, optimizer, epsilon, outer=None, weight_decay=1.0,
-                weights=None, sequential=False, reduce=None, reuse=True):
-    """One meta-iteration on a meta-batch: theta <- theta + epsilon mean_i Delta_i.
-
-    The n tasks' updates come from ``task_updates`` (see ``task_update`` for each
-    algorithm's Delta); their mean is applied by ``outer_step``.
-    theta: (P,); batches: k pairs (x (n, B, ...), y (n, B, ...)), the last one FOMAML's tail
-    and MAML's test batch. Returns (new theta, mean loss of the first mini-batch).
-
-    reduce: how sums over the meta-batch's tasks are taken, ``sum_tasks`` by default. When the
-    tasks are split over processes (batched Reptile as SimuParallelSGD: each process adapts
-    to its own tasks), a function with sum_tasks' contract over all of them
-    (``distributed.py``); it is called once per meta-iteration, on [Delta_i, loss_i, and
-    Adam's per-task moments], so one collective carries everything the outer update needs.
-    reuse: exact MAML keeps each inner step's passes for its Hessian-vector product (faster,
-    memory O(k x activations)) or recomputes them (memory O(k P)); see ``maml_gradient``.
-    """
-    _, delta_sum, loss_sum, n = _reduced_updates(algo, model, theta, batches, optimizer,
-                                                 weight_decay, weights, sequential, reduce,
-                                                 reuse)
-    return outer_step(theta, delta_sum / n, epsilon, outer), loss_sum / n
 
 
 def linear_schedule(start, final, iteration, total):

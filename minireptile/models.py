@@ -18,12 +18,11 @@ An R-pass needs what the gradient's passes computed at theta: the forward caches
 every layer, the backward pass's dL/dy. ``linearize`` keeps them (memory: one pass's
 activations, for as long as the returned function lives); ``hvp`` recomputes them.
 """
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from .backend import get_xp, map_tasks
+from .backend import get_xp
 from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d, MeanPool
 from .errors import UserError
 from .layers import Linear, ReLU, Tanh
@@ -40,11 +39,6 @@ class Passes(NamedTuple):
     caches: list           # per layer, its forward cache
     dys: list              # per layer, dL/dy at its output (the backward pass's)
     lcache: object         # the loss's forward cache
-
-
-def _name(block):
-    """A chunk of ``map_tasks``, named by its slice of the numbered tasks."""
-    return int(block.flat[0]), block.shape
 
 
 class Sequential:
@@ -124,25 +118,16 @@ class Sequential:
     def predict(self, theta, x):
         """The model's output (logits or regression values), shape (..., B, *output_shape)."""
         self._check(theta, x)
-        return map_tasks(self._predict, theta, x)
-
-    def _predict(self, theta, x):
         return self._forward(self.views(theta), x)[0]
 
     def loss(self, theta, x, y):
         """The loss, one value per task: shape theta.shape[:-1]."""
         self._check(theta, x, y)
-        return map_tasks(self._loss, theta, x, y)
-
-    def _loss(self, theta, x, y):
-        return self.loss_fn.forward(self._predict(theta, x), y)[0]
+        return self.loss_fn.forward(self._forward(self.views(theta), x)[0], y)[0]
 
     def loss_and_grad(self, theta, x, y):
         """(L, dL/dtheta): shapes theta.shape[:-1] and theta.shape."""
         self._check(theta, x, y)
-        return map_tasks(self._loss_and_grad, theta, x, y)
-
-    def _loss_and_grad(self, theta, x, y):
         return self._gradient(theta, x, y, keep=False)[:2]
 
     def _gradient(self, theta, x, y, keep):
@@ -186,9 +171,6 @@ class Sequential:
     def loss_grad_hvp(self, theta, x, y, v):
         """(L, g, H v) in one call: the gradient's passes, then the R-passes along v."""
         self._check(theta, x, y, v)
-        return map_tasks(self._loss_grad_hvp, theta, x, y, v)
-
-    def _loss_grad_hvp(self, theta, x, y, v):
         loss, g, passes = self._gradient(theta, x, y, keep=True)
         return loss, g, self._rpasses(passes, v)
 
@@ -204,30 +186,13 @@ class Sequential:
         R-forward and the R-backward: the forward and backward passes that ``hvp`` would
         recompute are saved. Exact MAML calls it once per inner step (``meta.inner_steps``).
         Results equal ``loss_and_grad`` and ``hvp``'s to the last bit.
-
-        ``map_tasks`` cuts the tasks into chunks; ``ids`` numbers the tasks, so a chunk's
-        slice of it names the chunk: hvp's map_tasks cuts the same chunks and finds each
-        one's passes.
         """
         self._check(theta, x, y)
-        ids = np.arange(math.prod(theta.shape[:-1])).reshape(theta.shape[:-1])
-        kept = {}                                               # chunk -> Passes
-
-        def gradient(th, xs, ys, block):
-            loss, g, kept[_name(block)] = self._gradient(th, xs, ys, keep=True)
-            return loss, g
-
-        def rpasses(v, xs, ys, block, th):
-            passes = kept.get(_name(block))
-            if passes is None:          # cut otherwise (set_threads changed): recompute them
-                passes = self._gradient(th, xs, ys, keep=True)[2]
-            return self._rpasses(passes, v)
+        loss, g, passes = self._gradient(theta, x, y, keep=True)
 
         def hvp(v):
             self._check(theta, x, y, v)
-            return map_tasks(rpasses, v, x, y, ids, theta)
-
-        loss, g = map_tasks(gradient, theta, x, y, ids)
+            return self._rpasses(passes, v)
         return loss, g, hvp
 
 

@@ -6,7 +6,8 @@ pickle), ``load_state_dict`` restores them, ``reset()`` forgets them.
 """
 import numpy as np
 
-from .backend import get_xp, map_blocks, to_host
+from .backend import get_xp, to_host
+from .parallel import map_blocks
 
 
 class SGD:
@@ -33,14 +34,11 @@ class SGD:
     def snapshot(self):
         return None
 
-    def merge_tasks(self, start, reduce=None):
-        """Stateless: n tasks stepping in one batched pass need no merge."""
-
-    def task_terms(self, start):
+    def task_terms(self, start, k):
         return []
 
-    def merge_sums(self, start, sums, n):
-        pass
+    def merge_sums(self, start, sums, n, k):
+        """Stateless: n tasks stepping in one batched pass need no merge."""
 
 
 class Adam:
@@ -98,11 +96,19 @@ class Adam:
         return phi
 
     def snapshot(self):
-        """(t, m, v) now: the shared state a batched pass starts from (see merge_tasks)."""
+        """(t, m, v) now: the shared state a batched pass starts from (see merge_sums)."""
         return self.t, self.m, self.v
 
-    def merge_tasks(self, start, reduce=None):
-        """Merge the states of n tasks that took k steps each from one shared state `start`.
+    def task_terms(self, start, k):
+        """[m_i - beta1^k m_0, v_i - beta2^k v_0], each (n, P), for the n task copies that
+        took k steps from ``start`` (a ``snapshot``): what ``merge_sums`` averages."""
+        _, m0, v0 = start
+        return [s if s0 is None else s - beta ** k * s0
+                for s, s0, beta in ((self.m, m0, self.beta1), (self.v, v0, self.beta2))]
+
+    def merge_sums(self, start, sums, n, k):
+        """The state after n tasks took k steps each from one shared state, as the paper's
+        code leaves it, from the sums over the tasks of ``task_terms``.
 
         The paper's code feeds the n tasks of a meta-batch through one Adam one after another,
         so the step counter advances by n k and every moment s (m with beta1, v with beta2)
@@ -114,28 +120,11 @@ class Adam:
             s <- beta^(nk) s_0 + (1 - beta^(nk)) / (1 - beta^k) * mean_i(s_i - beta^k s_0)
             t <- t_0 + n k
 
-        start: ``snapshot()`` taken before the inner loop (m_0, v_0 None before any step);
-        self.m, self.v: (n, P) after the batched inner loop. reduce: where the n tasks are
-        split over processes (``distributed.py``), a function turning this process's rows
-        [(n_here, P), (n_here, P)] into ([their sums over all n tasks], n); default: all n
-        tasks are here. ``meta.py`` instead sends ``task_terms`` with its own rows in one call
-        and hands the sums to ``merge_sums``.
+        start: ``snapshot()`` before the inner loop (m_0, v_0 None before any step); sums:
+        sum_i(s_i - beta^k s_0) over all n tasks for m and v (over every process's tasks
+        when they are split, ``distributed.py``).
         """
-        terms = self.task_terms(start)
-        sums, n = reduce(terms) if reduce else ([s.sum(axis=0) for s in terms], len(terms[0]))
-        self.merge_sums(start, sums, n)
-
-    def task_terms(self, start):
-        """[m_i - beta1^k m_0, v_i - beta2^k v_0], each (n, P): what merge_tasks averages."""
         t0, m0, v0 = start
-        k = self.t - t0
-        return [s if s0 is None else s - beta ** k * s0
-                for s, s0, beta in ((self.m, m0, self.beta1), (self.v, v0, self.beta2))]
-
-    def merge_sums(self, start, sums, n):
-        """merge_tasks' formula, given sum_i(s_i - beta^k s_0) over all n tasks for m and v."""
-        t0, m0, v0 = start
-        k = self.t - t0
         merged = []
         for total, s0, beta in zip(sums, (m0, v0), (self.beta1, self.beta2)):
             s0 = 0 * total if s0 is None else s0

@@ -2,7 +2,8 @@
 
 Each module here has ``register(subparsers)``, which adds its sub-command(s) and sets
 ``func`` to a function taking the parsed arguments. Library code never sees argparse:
-these modules turn flags into keyword arguments.
+these modules turn flags into a configuration or keyword arguments and call the library
+(``train.run``, ``evaluate.run``, ``sine.run``, ``reproduce.run``, ...).
 
 Bad input (``UserError``) is printed as one line and exits with status 2. Ctrl-C exits with
 status 130 and SIGTERM with 143; both unwind as ``KeyboardInterrupt``, so a command cleans up
@@ -11,17 +12,14 @@ rank leaves at once, so that the others do not wait for it (``distributed.leave`
 """
 import argparse
 import contextlib
-import importlib
 import os
 import signal
 import sys
 import threading
 
-from .. import __version__, backend, distributed
+from .. import __version__, distributed, parallel
 from ..checkpoint import interrupts_kept
 from ..errors import UserError
-
-COMMANDS = ("gradcheck", "data", "train", "sine", "demo", "theory", "reproduce")
 
 
 class Terminated(KeyboardInterrupt):
@@ -36,8 +34,9 @@ def build_parser():
         epilog="`minireptile COMMAND --help` describes a command and its flags.")
     parser.add_argument("--version", action="version", version=f"minireptile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    from . import data, demo, gradcheck, reproduce, sine, theory, train
+    for command in (gradcheck, data, train, sine, demo, theory, reproduce):
+        command.register(sub)
     return parser
 
 
@@ -75,7 +74,7 @@ def start_distributed(args):
     comm = distributed.communicator(args.distributed, args.deterministic)
     if comm.local_size > 1 and args.threads is None and not os.environ.get(
             "MINIREPTILE_THREADS", "").strip():
-        backend.set_threads(max(1, _cpus() // comm.local_size))
+        parallel.set_threads(max(1, _cpus() // comm.local_size))
     return comm
 
 
@@ -123,7 +122,7 @@ def main(argv=None):
     try:
         with _sigterm_as_interrupt(), interrupts_kept():
             if hasattr(args, "threads"):
-                backend.set_threads(_threads(args.threads))
+                parallel.set_threads(_threads(args.threads))
             return args.func(args) or 0
     except UserError as exc:
         return distributed.leave(2, f"minireptile: error: {exc}")

@@ -6,13 +6,16 @@ checkpoint's initialisation fine-tuned on the drawings next to a network learnin
 scratch, step by step. Without --checkpoint, the 3-way Omniglot checkpoint shipped in the
 package (assets/demo-omniglot-3way, its command and accuracy in the README there).
 """
-import dataclasses
 import json
 import os
 import webbrowser
 
-from .. import backend, checkpoint
+from .. import backend
+from ..config import build_model, inner_optimizer
+from ..demo.learner import Learner
+from ..demo.server import HOST, DemoApp, make_server
 from ..errors import UserError
+from ..evaluate import load_trained
 from . import add_device_flags
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets",
@@ -39,12 +42,7 @@ def register(sub):
 
 def load_learner(folder, classes, shots, eval_iters, seed):
     """(Learner, N, description) from a checkpoint folder, after checking the flags fit it."""
-    from ..demo.learner import Learner
-    from ..train import TrainConfig, inner_optimizer
-    from .train import build_model, load_trained
-    config = checkpoint.load(folder)[4]
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in config.items() if k in fields})
+    cfg, theta, optimizer, _ = load_trained(folder)
     if cfg.dataset != "omniglot":
         raise UserError(f"{folder}: a {cfg.dataset} checkpoint; the demo draws Omniglot-like "
                         f"characters and needs an Omniglot one")
@@ -59,8 +57,7 @@ def load_learner(folder, classes, shots, eval_iters, seed):
         if not 1 <= eval_iters <= 1000:
             raise UserError(f"--eval-iters {eval_iters}: take between 1 and 1000 steps")
         cfg.eval_iters = eval_iters
-    model = build_model("omniglot", cfg.classes, cfg.network)
-    theta, optimizer = load_trained(folder, cfg)
+    model = build_model(cfg)
     if theta.shape != (model.num_params,):
         raise UserError(f"{folder}: theta has {theta.shape[-1]} parameters, the omniglot "
                         f"model {model.num_params}")
@@ -83,7 +80,6 @@ def _describe(folder, cfg):
 
 
 def run_demo(args):
-    from ..demo.server import DemoApp, HOST, make_server
     backend.set_backend(args.device)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: a port is a number from 0 to 65535")

@@ -13,7 +13,7 @@ every inner step's ReLU inputs and pooling windows stay 1e-4 away from a kink.
 """
 import numpy as np
 
-from ..meta import adapt, maml_gradient, task_update
+from ..meta import adapt, delta_rule, fomaml_delta, maml_gradient, reptile_delta
 from ..optim import SGD
 from .core import Row, central, compare, scalar, unit
 from .passes import kink_margin
@@ -56,10 +56,10 @@ def check_meta(name, model, sample, rng, xp=np, k_max=3, alpha=0.05):
     for x, y in batches:                                    # the inner loop, written out
         grads.append(model.grad(phi, x, y))
         phi = phi - alpha * grads[-1]
-    rows.append(compare(name, "fomaml = -alpha g_k", task_update(
-        "fomaml", model, theta, batches, SGD(alpha))[0], -alpha * grads[-1]))
-    rows.append(compare(name, "reptile = -alpha sum g_i", task_update(
-        "reptile", model, theta, batches, SGD(alpha))[0], -alpha * sum(grads)))
+    rows.append(compare(name, "fomaml = -alpha g_k", fomaml_delta(
+        model, theta, batches, SGD(alpha))[0], -alpha * grads[-1]))
+    rows.append(compare(name, "reptile = -alpha sum g_i", reptile_delta(
+        model, theta, batches, SGD(alpha))[0], -alpha * sum(grads)))
     return rows + taylor_rows(name, model, theta, batches[:2])
 
 
@@ -77,7 +77,7 @@ def taylor_rows(name, model, theta, batches, alpha=TAYLOR_ALPHA):
     h2g1, h1g2 = model.hvp(theta, *b2, g1), model.hvp(theta, *b1, g2)
 
     def errors(a):
-        exact = {algo: -task_update(algo, model, theta, [b1, b2], SGD(a))[0] / a
+        exact = {algo: -delta_rule(algo)(model, theta, [b1, b2], SGD(a))[0] / a
                  for algo in ("maml", "fomaml", "reptile")}
         taylor = {"maml": g2 - a * h2g1 - a * h1g2, "fomaml": g2 - a * h2g1,
                   "reptile": g1 + g2 - a * h2g1}

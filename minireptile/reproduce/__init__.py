@@ -8,7 +8,8 @@
     maml     exact MAML on Omniglot 5-way 1-shot against FOMAML and Reptile at the same
              compute                                                      maml.py
 
-Each runs the ``minireptile train``/``eval``/``sine`` code (``common.Session``) at a budget:
+Each builds the configurations of its runs and runs them with the library (``train.run``,
+``evaluate.run``, ``sine.run``: ``common.Session``) at a budget:
 ``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
 iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
 meaningful numbers). Several processes share its commands (``jobs``, ``common.claim``). It
@@ -17,18 +18,18 @@ command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us
 matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
 again skips what is done and resumes what is not.
 """
-import importlib
-
+from .. import checkpoint
 from ..errors import UserError
-from . import common
+from . import common, fig1, fig3, fig4, maml, table2
 from .common import Session
 
-EXPERIMENTS = ("table2", "fig1", "fig3", "fig4", "maml")
+EXPERIMENTS = {"table2": table2, "fig1": fig1, "fig3": fig3, "fig4": fig4, "maml": maml}
 BUDGETS = ("paper", "quick", "tiny")
+OUT = "runs/reproduce"   # the default folder; the committed reports are docs/results/reproduce
 
 
-def run(experiment, budget="quick", out="reproduce", device=None, threads=None, stream=None,
-        ways=None, jobs=1, partial=False):
+def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=None, jobs=1,
+        partial=False, full=False):
     """Run (or resume) one experiment; returns the path of its JSON, or None while other
     processes still run some of its commands (the last of them writes it).
 
@@ -36,12 +37,15 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
     more processes running this experiment with this one, each taking the next command
     that no other holds; wait for them, then write the report. partial: run nothing, and
     report the runs that have finished (experiments with ``PARTIAL``: fig4, whose points
-    take a CPU several sessions) as EXPERIMENT-partial.*."""
+    take a CPU several sessions) as EXPERIMENT-partial.*. full: on a CPU too, train the runs
+    a CPU paper budget stops early (table2's 20-way, maml's 5-shot and 20-way) to the end.
+    The device and CPU threads are the process's (``backend.set_backend``,
+    ``parallel.set_threads``); threads is recorded in the commands."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
-    module = importlib.import_module(f"{__name__}.{experiment}")
+    module = EXPERIMENTS[experiment]
     settings = module.BUDGETS[budget]
     if ways is not None:
         if experiment != "table2":
@@ -54,7 +58,7 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
     if partial and jobs > 1:
         raise UserError("--partial runs nothing; --jobs does not go with it")
     def new_session():                                   # a pass's records start afresh
-        return Session(experiment, budget, out, device, threads, stream, ways, partial)
+        return Session(experiment, budget, out, threads, stream, ways, partial, full)
 
     session = new_session()
     helpers = [common.start_copy(session, i) for i in range(1, jobs)]
@@ -66,8 +70,8 @@ def run(experiment, budget="quick", out="reproduce", device=None, threads=None, 
             if helpers:                                  # ours: wait, then look again
                 common.wait_for(session, helpers)
                 helpers = []
-            elif any(common.holder(log) for log in session.pending):
-                return None                              # another command's: it finishes
+            elif any(checkpoint.holder(path) for path in session.pending):
+                return None                              # another process's: it finishes
             session = new_session()
     finally:
         common.stop(helpers)

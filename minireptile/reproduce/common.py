@@ -1,57 +1,53 @@
-"""What the experiments of ``minireptile reproduce`` share: running commands, resuming, and
-writing the JSON, the Markdown table and the figure (``report`` makes their content).
+"""What the experiments of ``minireptile reproduce`` share: running their runs, resuming,
+sharing them among processes, and writing the JSON, the Markdown table and the figure
+(``report`` makes their content).
 
-Every number comes from a real ``minireptile`` command (``train``, ``eval``), run in this
-process through the command line's own ``main``: the one core, ``meta.py``, does the work.
-Each command's exact text, its wall-clock and CPU seconds and its output (a log file beside
-its folder) are recorded. A command whose results file exists is skipped, so running an
-experiment again resumes it: ``train --checkpoint DIR`` continues an interrupted run.
+An experiment builds a configuration per run (``Session.config``) and the session calls the
+library with it: ``train.run`` (training, then the final evaluation), ``evaluate.run`` and
+``sine.run`` -- the code ``minireptile train``, ``eval`` and ``sine`` run, on the one core.
+Each run's command (the one that makes the same files by hand), its wall-clock and CPU seconds
+are recorded in OUTPUT.runs.jsonl beside its output. A run whose results exist is reused,
+and said so; an interrupted one resumes from its checkpoint.
 
 Several processes share one experiment: start the same ``minireptile reproduce`` command
-once per core (``--threads 1``; ``--jobs N`` starts them). Each command takes a lock file
-beside its output (``claim``) and a process skips the commands others hold, so each takes
-the next free one; the last to finish writes the report (``Session.pending``).
+once per core (``--threads 1``; ``--jobs N`` starts them). Each run is claimed with the lock
+of its output (``checkpoint.locked``: the one lock every writer of a run folder takes), a
+process skips the runs others hold, and the last to finish writes the report
+(``Session.pending``).
 """
-import contextlib
 import dataclasses
 import json
 import os
 import platform
 import shlex
-import signal
 import sys
-import threading
 import time
-import zipfile
 
 import numpy as np
 
-from .. import __version__, checkpoint
+from .. import __version__, backend, checkpoint, config, evaluate, sine, train
 from ..errors import UserError
 from .report import figure
 
-BUSY_SECONDS = 300       # a checkpoint written this recently may have a live trainer
-
 
 class Session:
-    """One experiment at one budget: its folder, its flags for every command, its records.
+    """One experiment at one budget: its folder, its runs, their records.
 
     folder: OUT/EXPERIMENT for the paper budget, OUT/BUDGET/EXPERIMENT otherwise.
-    device, threads: passed on to every command (``--device``, ``--threads``) when given.
-    partial: run nothing; the report covers the commands that have finished, and names the
+    threads: recorded in each command (the CLI has set them for this process).
+    partial: run nothing; the report covers the runs that have finished, and names the
     others (``missing``) in EXPERIMENT-partial.json/.md/.png.
     """
 
-    def __init__(self, experiment, budget, out, device=None, threads=None, stream=None,
-                 ways=None, partial=False):
-        self.experiment, self.budget, self.device, self.threads = (experiment, budget, device,
-                                                                   threads)
-        self.ways = ways                  # table2 --ways: the rows of one N only
+    def __init__(self, experiment, budget, out, threads=None, stream=None, ways=None,
+                 partial=False, full=False):
+        self.experiment, self.budget, self.threads, self.ways = experiment, budget, threads, ways
+        self.full = full                  # table2: the 20-way run to its end on the CPU too
         self.folder = os.path.join(out, *(() if budget == "paper" else (budget,)), experiment)
         self.stream = stream or sys.stdout
-        self.records = []
-        self.pending = {}                 # output path -> the process holding its command
-        self.partial, self.missing = partial, []   # --partial: the commands not finished
+        self.records, self.reused = [], []
+        self.pending = {}                 # output path -> the process holding its run
+        self.partial, self.missing = partial, []
         os.makedirs(self.folder, exist_ok=True)
 
     def path(self, *parts):
@@ -60,106 +56,113 @@ class Session:
     def say(self, text):
         print(f"[reproduce {self.experiment}] {text}", file=self.stream, flush=True)
 
-    def device_flags(self):
-        flags = [] if self.device is None else ["--device", self.device]
-        return flags + ([] if self.threads is None else ["--threads", str(self.threads)])
+    def config(self, preset="quick", **fields):
+        """A checked TrainConfig: the preset's values, then these fields."""
+        return config.TrainConfig(**{**config.preset(preset, fields.get("classes"),
+                                                     fields.get("shots")), **fields}).validate()
 
-    def command(self, argv, log, done=None, stop=None, call=None, before=None):
-        """Run ``minireptile ARGV`` unless the file ``done`` exists; record it either way.
+    def flags(self):
+        """The device and thread flags each recorded command carries (None: not given)."""
+        device = backend.device()
+        return {"device": None if device == "cpu" else device, "threads": self.threads}
 
-        Its output goes to the terminal and is appended to ``log``; every run of it appends
-        a line (command, seconds, exit status) to ``log + '.runs.jsonl'``, which the
-        record sums. stop: a function; once it returns True the command is interrupted like
-        Ctrl-C (it saves its checkpoint), which ends it without error. call: what runs
-        the command (default the command line's ``main``). before: called once this process
-        holds the command (``claim``), before it runs. Returns the record, or None while
-        another process holds the command (it is then in ``pending``) or, with ``partial``,
-        while it has not finished (it is then in ``missing``).
+    def extra(self):
+        """``flags`` as words of a command line."""
+        return [w for k, v in self.flags().items() if v is not None for w in (f"--{k}", str(v))]
+
+    def step(self, output, command, run, done):
+        """Run run() (which writes output) unless done(); record it either way.
+
+        command: the command line that makes output by hand. Returns the record, or None
+        while another process holds output's lock (it is then in ``pending``) or, with
+        ``partial``, while it has not finished (it is then in ``missing``).
         """
-        text = "minireptile " + shlex.join(argv)
-        finished = bool(done) and os.path.exists(done)
-        if self.partial and not finished:
-            self.missing.append(text)
+        if done():
+            self.reused.append(output)
+        elif self.partial:
+            self.missing.append(command)
             return None
-        if not finished:
-            with claim(log) as holder:
-                if holder:
-                    self.pending[log] = holder
-                    self.say(f"skipped, {holder} runs it: {text}")
-                    return None
-                if not (done and os.path.exists(done)):     # it may have finished since
-                    if before is not None:
-                        before()
-                    self.say("running: " + text)
-                    run_command(argv, log, stop, call)
-        runs = read_jsonl(log + ".runs.jsonl")
-        record = {"command": text, "log": os.path.relpath(log, self.folder),
-                  "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 2),
+        else:
+            try:
+                with checkpoint.locked(output):
+                    if not done():                             # it may have finished since
+                        self.say("running: " + command)
+                        timed(run, output + ".log.runs.jsonl", command)
+            except checkpoint.Busy as busy:
+                self.pending[output] = busy.holder
+                self.say(f"skipped, {busy.holder} runs it: {command}")
+                return None
+        runs = read_jsonl(output + ".log.runs.jsonl")
+        record = {"command": command, "wall_seconds": round(sum(r["wall_seconds"]
+                                                                for r in runs), 2),
                   "cpu_seconds": round(sum(r["cpu_seconds"] for r in runs), 2),
                   "invocations": len(runs)}
         self.records.append(record)
         return record
 
-    def train(self, folder, flags, stop_at=None):
-        """``minireptile train omniglot FLAGS --checkpoint FOLDER``, skipped once
-        FOLDER/results.json exists, resumed when FOLDER holds a checkpoint.
+    def train(self, folder, cfg, stop_at=None):
+        """train.run(cfg, folder): skipped once FOLDER/results.json exists (or, with stop_at,
+        once the checkpoint reaches that iteration), resumed when FOLDER holds a checkpoint.
 
-        stop_at: end once the checkpoint reaches this iteration (a multiple of
-        --checkpoint-interval; a second or so later, as Ctrl-C would) although --meta-iters
-        is larger: epsilon is annealed over --meta-iters (the paper's schedule, cut short).
-        Returns (results or None when stopped, record); (None, None) while another
-        process holds it.
+        stop_at: end at that iteration although cfg.meta_iters is larger (epsilon is
+        annealed over meta_iters: the paper's schedule, cut short). Returns (results, or
+        None when stopped, record); (None, None) while another process holds it.
         """
         results = os.path.join(folder, "results.json")
-        argv = ["train", "omniglot", *flags, *self.device_flags(), "--checkpoint", folder]
-        refuse_other_run(folder, argv)
-        stopped = stop_at is not None and iteration(folder) >= stop_at
-        stop = None if stop_at is None else (lambda: iteration(folder) >= stop_at)
-        done = folder if stopped else results
-        record = self.command(argv, folder + ".log", done=done, stop=stop,
-                              before=lambda: refuse_busy(folder))
+        refuse_other_run(folder, cfg)
+        command = config.command_line(cfg, [*self.extra(), "--checkpoint", folder])
+
+        def done():
+            return os.path.exists(results) or (stop_at is not None and
+                                               iteration(folder) >= stop_at)
+        record = self.step(folder, command, lambda: train.run(
+            cfg, folder, stream=self.stream, stop_at=stop_at), done)
         if record is None:
             return None, None
-        if not record["invocations"] and os.path.exists(results):   # trained outside reproduce
+        if not record["invocations"] and os.path.exists(results):   # trained by hand
             record["wall_seconds"] = round(read_json(results)["total_seconds"], 1)
-            record["timed_by"] = "results.json (total_seconds)"
-            _ran_outside(record, results)
+            record["command"] = read_json(results).get("command", command)
         return (read_json(results) if os.path.exists(results) else None), record
 
-    def after(self, folder, again, poll=2.0):
-        """Wait while another process holds FOLDER's command, then return again(): for a
-        short command whose result every later one needs (maml's calibration sets the runs'
-        lengths). A holder that dies leaves the command to again()."""
-        log = folder + ".log"
-        while holder(log):
-            time.sleep(poll)
-        self.pending.pop(log, None)
-        return again()
-
-    def evaluate(self, folder, flags, out):
-        """``minireptile eval --checkpoint FOLDER FLAGS --out OUT``, skipped while OUT holds
-        the evaluation of the checkpoint's current iteration (or the checkpoint is gone: a
-        finished run may drop it). Returns (results, record); (None, None) while another
-        process holds it."""
-        done = out if (os.path.exists(out) and (not checkpoint.exists(folder) or read_json(
-            out).get("iteration") == iteration(folder))) else None
-        log = os.path.splitext(out)[0] + ".log"
-        if done is None and os.path.exists(out):         # the checkpoint has moved on:
-            for stale in (out, log + ".runs.jsonl"):     # its time is the new evaluation's
+    def evaluate(self, folder, out, **options):
+        """evaluate.run(folder, out=out, **options), skipped while OUT holds the evaluation
+        of the checkpoint's current iteration (or the checkpoint is gone: a finished run may
+        drop it). Returns (results, record); (None, None) while another holds it."""
+        def done():
+            return os.path.exists(out) and (not checkpoint.exists(folder) or read_json(
+                out).get("iteration") == iteration(folder))
+        if not done():                                   # the checkpoint has moved on:
+            for stale in (out, out + ".log.runs.jsonl"):  # its time is the new evaluation's
                 if os.path.exists(stale):
                     os.remove(stale)
-        argv = ["eval", "--checkpoint", folder, *flags, *self.device_flags(), "--out", out]
-        record = self.command(argv, log, done=done)
+        command = evaluate.eval_command(folder, **options, **self.flags(), out=out)
+        record = self.step(out, command, lambda: evaluate.run(
+            folder, stream=self.stream, out=out, **options), done)
         if record is None:
             return None, None
-        if not record["invocations"]:                      # evaluated outside reproduce
-            _ran_outside(record, out)
         return read_json(out), record
+
+    def sine(self, cfg, theta_path):
+        """sine.run(cfg, the session's folder): skipped once theta_path (its trained
+        initialisation) exists. Returns the record, or None while another holds it."""
+        command = cfg.resolved().command_line(self.folder)
+        return self.step(theta_path, command,
+                         lambda: sine.run(cfg, self.folder, self.stream),
+                         lambda: os.path.exists(theta_path))
+
+    def after(self, output, again, poll=2.0):
+        """Wait while another process holds output's run, then return again(): for a short
+        run whose result every later one needs (maml's calibration sets the runs' lengths).
+        A holder that dies leaves the run to again()."""
+        while checkpoint.holder(output):
+            time.sleep(poll)
+        self.pending.pop(output, None)
+        return again()
 
     def unfinished(self):
         """What an experiment returns in place of ``finish`` while other processes hold some
-        of its commands: None; whichever process finishes last writes the report."""
-        self.say(f"{len(self.pending)} command(s) still running in other processes; the last "
+        of its runs: None; whichever process finishes last writes the report."""
+        self.say(f"{len(self.pending)} run(s) still running in other processes; the last "
                  f"process to finish writes {self.experiment}.json")
         return None
 
@@ -167,36 +170,52 @@ class Session:
         """Write EXPERIMENT.json (results, commands, times, machine), EXPERIMENT.md and, with
         matplotlib, EXPERIMENT.png (draw(plt) returns the figure); returns the JSON's path.
         With ``partial``: EXPERIMENT-partial.*, which also list the missing commands."""
+        if self.reused:
+            self.say(f"reusing {len(self.reused)} finished run(s) found in {self.folder}: "
+                     + ", ".join(os.path.relpath(p, self.folder) for p in self.reused))
         name = self.path(self.experiment + ("-partial" if self.partial else ""))
         wall = sum(r["wall_seconds"] for r in self.records)
         cpu = sum(r["cpu_seconds"] for r in self.records)
         document = {"experiment": self.experiment, "budget": self.budget,
-                    "device": self.device or os.environ.get("MINIREPTILE_DEVICE", "cpu"),
-                    "command": reproduce_command(self), "wall_seconds": round(wall, 1),
-                    "cpu_seconds": round(cpu, 1), "machine": machine(),
-                    "minireptile": __version__, **results, "commands": self.records,
+                    "device": backend.device(), "command": reproduce_command(self),
+                    "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                    "machine": machine(), "minireptile": __version__, **results,
+                    "commands": self.records,
                     **({"partial": True, "missing": self.missing} if self.partial else {})}
-        write_json(name + ".json", document)
+        checkpoint.write_json(name + ".json", document)
         head = (f"`{reproduce_command(self)}`: {len(self.records)} commands, "
                 f"{wall / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU "
                 f"({machine()['cpus']} CPUs, {document['device']}).\n\n")
         if self.partial:
             head += (f"**Partial:** {len(self.missing)} command(s) have not finished; their "
                      f"cells read \"not run yet\" (`{reproduce_command(self)}` runs them).\n\n")
-        write_text(name + ".md", head + markdown)
+        checkpoint.write_text(name + ".md", head + markdown)
         if draw is not None and figure(name + ".png", draw):
             self.say(f"wrote {name}.png")
         self.say(f"wrote {name}.json and {name}.md")
         return name + ".json"
 
 
-def refuse_other_run(folder, argv):
+def timed(run, runs_file, command):
+    """run(), its wall-clock and CPU seconds appended to runs_file as one JSON line (also
+    when it is interrupted: a resumed run's seconds add up)."""
+    wall, cpu, status = time.time(), time.process_time(), "interrupted"
+    try:
+        run()
+        status = "finished"
+    finally:
+        os.makedirs(os.path.dirname(os.path.abspath(runs_file)), exist_ok=True)
+        with open(runs_file, "a") as f:
+            f.write(json.dumps({"command": command, "started": round(wall, 1),
+                                "wall_seconds": round(time.time() - wall, 2),
+                                "cpu_seconds": round(time.process_time() - cpu, 2),
+                                "status": status}) + "\n")
+
+
+def refuse_other_run(folder, cfg):
     """UserError when FOLDER holds a run (finished, or a checkpoint) of another training than
-    ``minireptile ARGV``: after a budget changes (--meta-iters), a finished run would be
-    taken as done and an unfinished one extended. Evaluation settings may differ."""
-    from ..cli import build_parser
-    from ..cli.train import train_config
-    from ..train import IDENTITY, differences
+    cfg: after a budget changes (meta_iters), a finished run would be taken as done and an
+    unfinished one extended. Evaluation settings may differ."""
     results = os.path.join(folder, "results.json")
     if os.path.exists(results):
         saved = read_json(results).get("config") or {}
@@ -204,83 +223,10 @@ def refuse_other_run(folder, argv):
         saved = checkpoint.load(folder)[4]
     else:
         return
-    wanted = dataclasses.asdict(train_config(build_parser().parse_args(argv))[0])
-    differ = differences(saved, wanted, [k for k in IDENTITY if k != "model"])
+    differ = config.differences(saved, dataclasses.asdict(cfg))
     if differ:
         raise UserError(f"{folder}: holds another run ({'; '.join(differ)}); move it away "
                         f"or choose another --out")
-
-
-def _ran_outside(record, results):
-    """A command run by hand rather than by reproduce: record the command its results file
-    says ran (it may differ in --threads or --split), not the one reproduce would run."""
-    ran = read_json(results).get("command")
-    if ran and ran != record["command"]:
-        record["command"], record["run_outside_reproduce"] = ran, True
-
-
-@contextlib.contextmanager
-def claim(log):
-    """Hold LOG.lock while running the command that writes LOG: yields None when this
-    process got it, else the holder ("pid P on HOST").
-
-    The lock appears whole (written aside, then hard-linked into place, which fails when it
-    exists). A lock whose process has died on this host is taken over; one from another
-    host is left to be deleted by hand."""
-    lock, me = log + ".lock", checkpoint.process_name()
-    aside = f"{lock}.{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
-    with open(aside, "w") as f:
-        f.write(me)
-    try:
-        while True:
-            try:
-                os.link(aside, lock)
-                break
-            except FileExistsError:
-                who = holder(log)
-                if who not in (None, me):                    # me: a reused pid's, stale
-                    yield who
-                    return
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(lock)                          # stale: its process is gone
-    finally:
-        os.remove(aside)
-    try:
-        yield None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(lock)
-
-
-def holder(log):
-    """The live process holding LOG's command ("pid P on HOST"), or None."""
-    who = _read_lock(log + ".lock")
-    return who if who and checkpoint.running(who) else None
-
-
-def _read_lock(lock):
-    try:
-        with open(lock) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
-
-
-def refuse_busy(folder, seconds=BUSY_SECONDS):
-    """UserError when folder's checkpoint was written in the last `seconds` by another
-    process that still runs (or one it does not name): that process may be training it, and
-    two writers would spoil its resume. A checkpoint whose writer has ended (a stopped
-    reproduce run) may be resumed at once."""
-    path = os.path.join(folder, checkpoint.FILENAME)
-    age = time.time() - os.path.getmtime(path) if os.path.exists(path) else seconds
-    who = checkpoint.writer(folder)
-    if age < seconds and (who is None or (who != checkpoint.process_name()
-                                          and checkpoint.running(who))):
-        by = "" if who is None else f" by {who}, which still runs"
-        raise UserError(f"{folder}: its checkpoint was written {age:.0f} s ago{by}, so "
-                        f"another process may be training it; let it finish (or stop it) "
-                        f"and run this again in {seconds - age:.0f} s")
 
 
 def start_copy(session, number):
@@ -302,7 +248,7 @@ def start_copy(session, number):
 
 def wait_for(session, processes):
     """Wait for the --jobs processes; UserError naming the output of one that failed."""
-    session.say(f"waiting for {len(processes)} more job(s) to finish their commands")
+    session.say(f"waiting for {len(processes)} more job(s) to finish their runs")
     for p in processes:
         if p.wait() != 0:
             raise UserError(f"a --jobs process (pid {p.pid}) failed with exit {p.returncode}; "
@@ -325,115 +271,20 @@ def reproduce_command(session):
         out = os.path.dirname(out)
     ways = [] if session.ways is None else ["--ways", str(session.ways)]
     words = ["minireptile", "reproduce", session.experiment, "--budget", session.budget,
-             *ways, *session.device_flags(), "--out", out]
+             *ways, *(["--full"] if session.full else []), *session.extra(), "--out", out]
     return shlex.join(words)
-
-
-class _Tee:
-    """A text stream writing to two others (the terminal and a log file)."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
-
-    def isatty(self):                 # plain progress lines, which read well in a log
-        return False
-
-
-def run_command(argv, log, stop=None, call=None):
-    """``minireptile ARGV`` in this process (call(argv), default the command line's main),
-    output tee'd to log; its seconds and exit status appended to log + '.runs.jsonl'.
-    Ctrl-C (exit 130/143) is raised again as KeyboardInterrupt, any other failure as
-    UserError; stop() true ends it quietly."""
-    if call is None:
-        from ..cli import main as call
-    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
-    wall, cpu, code, argv0, fired = time.time(), time.process_time(), None, sys.argv, []
-    with open(log, "a") as f:
-        tee_out, tee_err = _Tee(sys.stdout, f), _Tee(sys.stderr, f)
-        f.write(f"$ minireptile {shlex.join(argv)}\n")
-        f.flush()
-        try:
-            with contextlib.redirect_stdout(tee_out), contextlib.redirect_stderr(tee_err), \
-                    interrupt_when(stop) as fired:
-                sys.argv = ["minireptile", *argv]        # what `eval` records as its command
-                code = call(argv)
-        except KeyboardInterrupt:
-            if not fired:
-                raise
-            code = 130
-        finally:
-            sys.argv = argv0
-            row = {"command": "minireptile " + shlex.join(argv), "started": round(wall, 1),
-                   "wall_seconds": round(time.time() - wall, 2),
-                   "cpu_seconds": round(time.process_time() - cpu, 2),
-                   "exit": code, "stopped": bool(fired)}
-            with open(log + ".runs.jsonl", "a") as runs:
-                runs.write(json.dumps(row) + "\n")
-    if code in (130, 143) and not fired:                # Ctrl-C or SIGTERM: stop it all
-        from ..cli import Terminated
-        raise Terminated if code == 143 else KeyboardInterrupt
-    if code not in (0, 130, 143):
-        raise UserError(f"`minireptile {shlex.join(argv)}` failed (exit {code}); see {log}")
-
-
-@contextlib.contextmanager
-def interrupt_when(stop, poll=1.0):
-    """Within the block, interrupt the main thread (as Ctrl-C does) once stop() is true.
-
-    Yields a list that holds True once it did. Checked every poll seconds by a thread.
-    A process started with SIGINT ignored (``cmd &`` in a script, where the shell ignores
-    it) has no handler for the interruption to run: the block installs Python's own.
-    """
-    fired, done = [], threading.Event()
-    if stop is None:
-        yield fired
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):                           # SIG_IGN or SIG_DFL
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def watch():
-        import _thread
-        while not done.wait(poll):
-            try:
-                reached = stop()
-            except Exception:                            # a file being replaced: next time
-                reached = False
-            if reached:
-                fired.append(True)
-                _thread.interrupt_main()
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield fired
-    finally:
-        done.set()
-        watcher.join()
-        if not callable(previous):
-            signal.signal(signal.SIGINT, previous)
 
 
 def iteration(folder):
     """The iteration of the checkpoint in folder (0 when there is none); reads only its
-    small configuration entry, so a watcher may call it often."""
+    small configuration entry."""
     path = os.path.join(folder, checkpoint.FILENAME)
     if not os.path.exists(path):
         return 0
     try:
         with np.load(path, allow_pickle=False) as z:
             return int(json.loads(str(z["meta"]))["iteration"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+    except (OSError, ValueError, KeyError, EOFError):
         return checkpoint.load(folder)[3]               # its one-line error
 
 
@@ -449,19 +300,10 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_text(path, text):
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def machine():
     """The machine the numbers were measured on."""
-    import numpy
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpus": cpus, "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "numpy": numpy.__version__,
+            "python": platform.python_version(), "numpy": np.__version__,
             "load_average": [round(x, 2) for x in os.getloadavg()]
             if hasattr(os, "getloadavg") else None}

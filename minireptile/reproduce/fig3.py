@@ -18,10 +18,11 @@ The learning curve is test-class accuracy on --eval-tasks-during tasks every
 the findings use the final evaluation (--eval-samples tasks per split).
 """
 from .. import checkpoint
+from ..config import flags
 from . import report
 
-SHARED = ("--defaults paper --sgd --seed 0 --inner-batch 25 --learning-rate 0.0003 "
-          "--meta-step 0.25 --meta-step-final 0 --eval-batch 25 --eval-iters 5")
+SHARED = dict(sgd=True, seed=0, inner_batch=25, learning_rate=0.0003, meta_step=0.25,
+              meta_step_final=0, eval_batch=25, eval_iters=5)     # on --defaults paper
 CURVES = (  # (folder, label as in the paper's legend, k, combination)
     ("g1", "g1", 1, "last"),
     ("mean2", "1/2*(g1+g2)", 2, "mean"), ("sum2", "g1+g2", 2, "sum"), ("g2", "g2", 2, "last"),
@@ -38,13 +39,12 @@ BUDGETS = {  # meta_iters; interval, during: the curve; samples: final tasks per
 def run(s, b):
     runs = {}
     for name, label, k, combination in CURVES:
-        flags = SHARED.split() + ["--meta-iters", str(b["meta_iters"]), "--inner-iters", str(k),
-                                  "--train-shots", str(5 * k), "--combination", combination,
-                                  "--eval-interval", str(b["interval"]),
-                                  "--eval-tasks-during", str(b["during"]),
-                                  "--eval-samples", str(b["samples"])]
+        cfg = s.config("paper", **SHARED, meta_iters=b["meta_iters"], inner_iters=k,
+                       train_shots=5 * k, algo="combination", combination=combination,
+                       eval_interval=b["interval"], eval_tasks_during=b["during"],
+                       eval_samples=b["samples"])
         folder = s.path("runs", name)
-        results, record = s.train(folder, flags)
+        results, record = s.train(folder, cfg)
         if record is None:                                  # another process runs it
             continue
         runs[name] = {"label": label, "k": k, "combination": combination,
@@ -108,7 +108,7 @@ def markdown(runs, found, b):
     text += (f"\nLearning curves: test-class accuracy on {b['during']} tasks every "
              f"{b['interval']:,} iterations.\n\n"
              + report.markdown_table(["iteration", *(r["label"] for r in runs.values())], curve))
-    shared = " ".join(SHARED.split())
+    shared = "--defaults paper " + flags(SHARED)
     return text + (f"\nCommands: `minireptile train omniglot {shared} --meta-iters "
                    f"{b['meta_iters']} ...` with the flags of each row (each in "
                    f"fig3.json).\n")

@@ -28,16 +28,19 @@ iterations failed it (87.24 +/- 1.27%, 500 tasks; those runs are kept in
 first (k B images per iteration), all four curves of a point together, so an interrupted
 run has whole points.
 """
+from .. import backend
+from ..config import flags
 from . import report
 
 PARTIAL = True        # --partial reports the finished points: a CPU takes sessions for all
 
-SHARED = ("--defaults paper --sgd --seed 0 --train-shots 20 --learning-rate 0.0003 "
-          "--meta-step 0.25 --meta-step-final 0 --eval-batch 25 --eval-iters 5")
-CURVES = (("reptile", "Reptile (cycling)", "--algo reptile"),
-          ("separate", "FOMAML (separate-tail, cycling)", "--algo fomaml --foml-tail 5"),
-          ("replacement", "FOMAML (shared-tail, replacement)", "--algo fomaml --replacement"),
-          ("shared", "FOMAML (shared-tail, cycling)", "--algo fomaml"))
+SHARED = dict(sgd=True, seed=0, train_shots=20, learning_rate=0.0003, meta_step=0.25,
+              meta_step_final=0, eval_batch=25, eval_iters=5)     # on --defaults paper
+CURVES = (("reptile", "Reptile (cycling)", dict(algo="reptile")),
+          ("separate", "FOMAML (separate-tail, cycling)", dict(algo="fomaml", foml_tail=5)),
+          ("replacement", "FOMAML (shared-tail, replacement)",
+           dict(algo="fomaml", replacement=True)),
+          ("shared", "FOMAML (shared-tail, cycling)", dict(algo="fomaml")))
 BATCH_4A, ITERS_4B = 25, 4
 BUDGETS = {  # iters: 4a's k; batches: 4b's B; meta_iters per point; samples: tasks per split
     "paper": dict(iters=tuple(range(1, 16)), batches=(10, 20, 25, 30, 40, 50, 60, 70, 80, 90,
@@ -56,18 +59,17 @@ def points(b):
 
 
 def run(s, b):
-    if "cpu" in b and (s.device or "cpu") == "cpu":          # the CPU's shorter paper budget
+    if "cpu" in b and backend.device() == "cpu":            # the CPU's shorter paper budget
         b = {**{k: v for k, v in b.items() if k != "cpu"}, **b["cpu"]}
     runs = {}
     for k, batch in points(b):
         for name, label, algo in CURVES:
             if name == "separate" and k < 2:             # the tail is the last of k batches
                 continue
-            flags = SHARED.split() + algo.split() + [
-                "--inner-iters", str(k), "--inner-batch", str(batch),
-                "--meta-iters", str(b["meta_iters"]), "--eval-interval", str(b["meta_iters"]),
-                "--eval-tasks-during", "1", "--eval-samples", str(b["samples"])]
-            results, record = s.train(s.path("runs", f"{name}-k{k}-b{batch}"), flags)
+            cfg = s.config("paper", **SHARED, **algo, inner_iters=k, inner_batch=batch,
+                           meta_iters=b["meta_iters"], eval_interval=b["meta_iters"],
+                           eval_tasks_during=1, eval_samples=b["samples"])
+            results, record = s.train(s.path("runs", f"{name}-k{k}-b{batch}"), cfg)
             if record is None:                              # another process runs it
                 continue
             runs[f"{name}-k{k}-b{batch}"] = {
@@ -164,7 +166,8 @@ def markdown(runs, found, b):
             ["k" if panel == "a" else "B", *(label for _, label, _ in CURVES)], rows) + "\n"
     text += ("The paper's findings (section 6.3), judged with the 95% intervals:\n\n"
              + "".join(f"- {f['claim']}: **{f['verdict']}**\n" for f in found))
-    return text + (f"\nCommands: `minireptile train omniglot {SHARED} --meta-iters "
+    return text + (f"\nCommands: `minireptile train omniglot --defaults paper "
+                   f"{flags(SHARED)} --meta-iters "
                    f"{b['meta_iters']} ...` with each curve's flags and --inner-iters k "
                    f"--inner-batch B (each in the JSON beside this file).\n")
 

@@ -14,7 +14,7 @@ those rows as partial.
 """
 import os
 
-from .. import checkpoint
+from .. import backend, checkpoint
 from . import common, report
 
 PAPER = {  # Table 2, Reptile: (N, K, transductive) -> (accuracy %, 95% interval %)
@@ -23,18 +23,17 @@ PAPER = {  # Table 2, Reptile: (N, K, transductive) -> (accuracy %, 95% interval
     (5, 1, True): (97.68, 0.04), (5, 5, True): (99.48, 0.06),
     (20, 1, True): (89.43, 0.14), (20, 5, True): (97.12, 0.32)}
 
-COMMANDS = {  # README "Few-shot training" (the paper's), 1-shot; meta-iters set per budget
-    5: "--defaults paper --shots 1 --inner-batch 10 --inner-iters 5 --meta-step 1 "
-       "--meta-batch 5 --meta-iters {meta_iters} --eval-batch 5 --eval-iters 50 "
-       "--learning-rate 0.001 --meta-step-final 0 --train-shots 10",
-    20: "--defaults paper --shots 1 --classes 20 --inner-batch 20 --inner-iters 10 "
-        "--meta-step 1 --meta-batch 5 --meta-iters {meta_iters} --eval-batch 10 "
-        "--eval-iters 50 --learning-rate 0.0005 --meta-step-final 0 --train-shots 10"}
+COMMANDS = {  # supervised-reptile's README (the paper's), 1-shot, on --defaults paper
+    5: dict(shots=1, inner_batch=10, inner_iters=5, meta_step=1, meta_batch=5, eval_batch=5,
+            eval_iters=50, learning_rate=0.001, meta_step_final=0, train_shots=10),
+    20: dict(shots=1, classes=20, inner_batch=20, inner_iters=10, meta_step=1, meta_batch=5,
+             eval_batch=10, eval_iters=50, learning_rate=0.0005, meta_step_final=0,
+             train_shots=10)}
 
 # per N: meta_iters (the schedule); stop_cpu: where a CPU run stops (None: the end);
 # interval/during: learning curve; samples: final evaluation tasks per split (the train
 # command's); partial: (tasks, split) of the evaluations of a stopped run; extra, eval_extra:
-# more flags for train, for eval
+# more settings for train, for eval
 BUDGETS = {
     "paper": {5: dict(meta_iters=100000, stop_cpu=None, interval=5000, during=200,
                       samples=2000, split="both"),
@@ -45,11 +44,11 @@ BUDGETS = {
               20: dict(meta_iters=200, stop_cpu=None, interval=50, during=20, samples=50,
                        split="test")},
     "tiny": {5: dict(meta_iters=2, stop_cpu=None, interval=1, during=1, samples=2,
-                     split="test", extra="--eval-iters 2", eval_extra="--eval-iters 2"),
+                     split="test", extra=dict(eval_iters=2), eval_extra=dict(eval_iters=2)),
              20: dict(meta_iters=40, stop_cpu=2, interval=1, during=1, samples=2,
                       split="test", partial=(2, "test"),
-                      extra="--eval-iters 2 --checkpoint-interval 1",
-                      eval_extra="--eval-iters 2")},
+                      extra=dict(eval_iters=2, checkpoint_interval=1),
+                      eval_extra=dict(eval_iters=2))},
 }
 
 
@@ -58,12 +57,12 @@ def run(s, budget):
     for n in budget:                     # 5 and 20, or the one of --ways
         b = budget[n]
         folder = s.path(f"o{n}")
-        flags = (COMMANDS[n].format(**b).split() + ["--eval-interval", str(b["interval"]),
-                                        "--eval-tasks-during", str(b["during"]),
-                                        "--eval-samples", str(b["samples"])]
-                 + b.get("extra", "").split())
-        stop = b["stop_cpu"] if (s.device or "cpu") == "cpu" else None
-        trained, record = s.train(folder, flags, stop_at=stop)
+        cfg = s.config("paper", **{**COMMANDS[n], "meta_iters": b["meta_iters"],
+                                   "eval_interval": b["interval"],
+                                   "eval_tasks_during": b["during"],
+                                   "eval_samples": b["samples"], **b.get("extra", {})})
+        stop = b["stop_cpu"] if backend.device() == "cpu" and not s.full else None
+        trained, record = s.train(folder, cfg, stop_at=stop)
         if record is None:                                  # another process trains it
             continue
         done = common.iteration(folder)
@@ -74,11 +73,10 @@ def run(s, budget):
                     results, rec = trained, record
                 else:
                     mode = "transductive" if transductive else "non-transductive"
-                    eval_flags = ["--shots", str(shots), "--eval-samples", str(samples),
-                                  "--split", split, *(["--transductive"] * transductive),
-                                  *b.get("eval_extra", "").split()]
                     out = os.path.join(folder, f"eval-{shots}shot-{mode}.json")
-                    results, rec = s.evaluate(folder, eval_flags, out)
+                    results, rec = s.evaluate(folder, out, shots=shots, eval_samples=samples,
+                                              split=split, transductive=transductive,
+                                              **b.get("eval_extra", {}))
                     if rec is None:                         # another process evaluates it
                         continue
                 rows.append(row(n, shots, transductive, results, rec, done, b["meta_iters"]))

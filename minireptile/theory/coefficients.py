@@ -11,7 +11,7 @@
 with k mini-batch losses, an SGD(alpha) inner loop, and the paper's meta-gradients:
 g_Reptile = (theta - phi_k) / alpha (Eq. 40), g_FOMAML = g_k (Eq. 38) and g_MAML through
 k - 1 inner steps with L_k as the test loss (Eqs. 17-21) -- -Delta / alpha of
-``meta.task_update``.
+``meta.delta_rule``.
 
 Every sample is one task with K = max(ks) independent mini-batches, and every quantity is
 computed on the same samples (common random numbers): AvgGrad from all K gradients,

@@ -19,10 +19,11 @@ import numpy as np
 
 from ..backend import dtype, to_device
 from ..data import inner_batches, sample_tasks
-from ..meta import linear_schedule, meta_update
+from ..meta import linear_schedule, reptile_delta
+from ..metabatch import meta_update
 from ..models import mlp, omniglot_cnn
 from ..optim import SGD
-from ..tasks import sine
+from .. import sine
 
 
 class Problem(NamedTuple):
@@ -79,7 +80,8 @@ def reptile(problem, theta, rng, meta_iters, inner_iters, alpha, meta_batch=10,
     for i in range(meta_iters):
         batches, _ = problem.draw(rng, meta_batch, inner_iters)
         epsilon = linear_schedule(meta_step, meta_step_final, i, meta_iters)
-        theta, _ = meta_update("reptile", problem.model, theta, batches, SGD(alpha), epsilon)
+        theta, _ = meta_update(reptile_delta, problem.model, theta, batches, SGD(alpha),
+                               epsilon)
         if callback is not None:
             callback(i + 1, theta)
     return theta

@@ -1,1 +1,0 @@
-"""Task distributions: each module samples meta-batches of tasks with a leading task axis."""
