@@ -16,6 +16,7 @@ setup(
                 "(Nichol, Achiam, Schulman 2018).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["minireptile", "minireptile.*"]),
     package_data={"minireptile": ["assets/*", "assets/demo-omniglot-3way/*", "demo/static/*"]},

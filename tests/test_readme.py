@@ -20,9 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
-# Link targets written in parallel with these pages (issue 26): a link to one of them may
-# point nowhere until it lands. Delete each entry once its file exists.
-PENDING = {"LICENSE", "docs/api.md", "examples/own_tasks.py"}
 
 FENCE = re.compile(r"^```.*?^```[ \t]*$", re.M | re.S)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -94,8 +91,7 @@ def test_relative_links_resolve():
             path, _, anchor = target.partition("#")
             file = (page.parent / path).resolve() if path else page
             if not file.exists():
-                if file.relative_to(ROOT).as_posix() not in PENDING:
-                    broken.append(f"{name(page)}: {target} (no such file)")
+                broken.append(f"{name(page)}: {target} (no such file)")
             elif anchor and file.suffix == ".md" and anchor not in anchors(file):
                 broken.append(f"{name(page)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
