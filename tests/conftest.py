@@ -6,11 +6,11 @@ generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folder
 import numpy as np
 import pytest
 
-from minireptile import backend
+from minireptile import parallel
 
 # One BLAS thread, as the command line sets it: OpenBLAS's own threads spin while they wait,
 # and on a busy machine that makes in-process training many times slower.
-backend.set_threads(1)
+parallel.set_threads(1)
 
 
 def _cupy_or_reason():

@@ -6,8 +6,11 @@ float64 throughout; a smooth (tanh) MLP so central differences with h = 1e-5 are
 import numpy as np
 import pytest
 
-from minireptile.meta import (adapt, inner_steps, linear_schedule, maml_gradient, meta_update,
-                              outer_step, task_update, task_updates, tile)
+from minireptile import parallel
+from minireptile.meta import (adapt, combination_delta, delta_rule, fomaml_delta, inner_steps,
+                              linear_schedule, maml_delta, maml_gradient, outer_step,
+                              reptile_delta, tile)
+from minireptile.metabatch import meta_update, sum_tasks
 from minireptile.models import mlp
 from minireptile.optim import SGD, Adam
 
@@ -82,16 +85,16 @@ def test_first_order_updates_with_sgd(model, rng):
     last-only combinations are Reptile and FOMAML."""
     alpha, theta, batches = 0.05, theta_of(model, rng), [batch(rng) for _ in range(4)]
     g = [s.g for s in inner_steps(model, theta, batches, SGD(alpha))]
-    reptile = task_update("reptile", model, theta, batches, SGD(alpha))[0]
-    fomaml = task_update("fomaml", model, theta, batches, SGD(alpha))[0]
+    reptile = reptile_delta(model, theta, batches, SGD(alpha))[0]
+    fomaml = fomaml_delta(model, theta, batches, SGD(alpha))[0]
     np.testing.assert_allclose(reptile, -alpha * sum(g), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fomaml, -alpha * g[-1], rtol=1e-12, atol=1e-14)
     w = [0.5, -1.0, 0.0, 2.0]
-    combo = task_update("combination", model, theta, batches, SGD(alpha), weights=w)[0]
+    combo = combination_delta(model, theta, batches, SGD(alpha), w)[0]
     np.testing.assert_allclose(combo, -alpha * sum(wi * gi for wi, gi in zip(w, g)),
                                rtol=1e-9, atol=1e-12)
     for weights, expected in (([1] * 4, reptile), ([0, 0, 0, 1], fomaml)):
-        got = task_update("combination", model, theta, batches, SGD(alpha), weights=weights)[0]
+        got = delta_rule("combination", weights=weights)(model, theta, batches, SGD(alpha))[0]
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -100,17 +103,18 @@ def test_fomaml_with_adam_is_adams_last_step(model, rng):
     theta, batches = theta_of(model, rng), [batch(rng) for _ in range(3)]
     phi_prev = adapt(model, theta, batches[:-1], reference := Adam(0.01))
     expected = reference.step(phi_prev, model.grad(phi_prev, *batches[-1])) - phi_prev
-    np.testing.assert_allclose(task_update("fomaml", model, theta, batches, Adam(0.01))[0],
+    np.testing.assert_allclose(fomaml_delta(model, theta, batches, Adam(0.01))[0],
                                expected, rtol=1e-12, atol=1e-15)
 
 
 def test_maml_update_is_minus_alpha_g_maml(model, rng):
     alpha, theta, batches = 0.1, theta_of(model, rng), [batch(rng) for _ in range(3)]
-    delta = task_update("maml", model, theta, batches, SGD(alpha))[0]
+    delta = maml_delta(model, theta, batches, SGD(alpha))[0]
     np.testing.assert_allclose(delta, -alpha * maml_gradient(model, theta, batches[:-1],
                                                              batches[-1], alpha), rtol=1e-14)
+    np.testing.assert_array_equal(delta_rule("maml")(model, theta, batches, SGD(alpha))[0], delta)
     with pytest.raises(ValueError, match="SGD"):
-        task_update("maml", model, theta, batches, Adam(0.1))
+        maml_delta(model, theta, batches, Adam(0.1))
 
 
 @pytest.mark.parametrize("algo", ["reptile", "fomaml", "maml"])
@@ -119,26 +123,35 @@ def test_batched_meta_update_is_the_average_of_tasks_alone(model, rng, algo):
     theta + epsilon mean_i Delta_i; with SGD, sequential mode gives the same numbers."""
     theta, epsilon, alpha = model.init(rng), 0.3, 0.05
     batches = [batch(rng) for _ in range(3)]
-    alone = [task_update(algo, model, theta, [(x[i], y[i]) for x, y in batches], SGD(alpha))[0]
+    rule = delta_rule(algo)
+    alone = [rule(model, theta, [(x[i], y[i]) for x, y in batches], SGD(alpha))[0]
              for i in range(T)]
     expected = theta + epsilon * np.mean(alone, axis=0)
     for sequential in (False, True):
-        new, loss = meta_update(algo, model, theta, batches, SGD(alpha), epsilon,
+        new, loss = meta_update(rule, model, theta, batches, SGD(alpha), epsilon,
                                 sequential=sequential)
         np.testing.assert_allclose(new, expected, rtol=1e-12, atol=1e-14)
         assert loss == pytest.approx(model.loss(tile(theta, T), *batches[0]).mean(), rel=1e-12)
 
 
 def test_sequential_adam_feeds_tasks_through_one_state(model, rng):
-    """--sequential: task i starts from the Adam state task i - 1 left (the paper's code)."""
-    theta, batches = model.init(rng), [batch(rng) for _ in range(2)]
-    delta, _ = task_updates("reptile", model, theta, batches, opt := Adam(0.01),
-                            sequential=True)
+    """--sequential: task i starts from the Adam state task i - 1 left (the paper's code).
+    The per-task Deltas are what meta_update hands its reduce; theta moves by their mean."""
+    theta, batches, reduced = model.init(rng), [batch(rng) for _ in range(2)], []
+
+    def reduce(arrays):                                  # sum_tasks, keeping the per-task rows
+        reduced.append(arrays)
+        return sum_tasks(arrays)
+    new, _ = meta_update(delta_rule("reptile"), model, theta, batches, opt := Adam(0.01), 0.5,
+                         sequential=True, reduce=reduce)
     reference, expected = Adam(0.01), []
     for i in range(T):
         expected.append(adapt(model, theta, [(x[i], y[i]) for x, y in batches], reference)
                         - theta)
-    np.testing.assert_allclose(delta, expected, rtol=1e-12, atol=1e-15)
+    assert len(reduced) == 1                             # one reduce per meta-iteration
+    np.testing.assert_allclose(reduced[0][0], expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(new, theta + 0.5 * np.mean(expected, axis=0), rtol=1e-12,
+                               atol=1e-15)
     assert opt.t == reference.t == 2 * T
     np.testing.assert_allclose(opt.v, reference.v, rtol=1e-12)
 
@@ -161,7 +174,7 @@ def test_taylor_expansion_k2(model, rng):
     H1g2, H2g1 = model.hvp(theta, *b1, g2), model.hvp(theta, *b2, g1)
 
     def errors(alpha):
-        exact = {a: -task_update(a, model, theta, [b1, b2], SGD(alpha))[0] / alpha
+        exact = {a: -delta_rule(a)(model, theta, [b1, b2], SGD(alpha))[0] / alpha
                  for a in ("maml", "fomaml", "reptile")}
         taylor = {"maml": g2 - alpha * H2g1 - alpha * H1g2,          # Eq. (25)
                   "fomaml": g2 - alpha * H2g1,                       # Eq. (26)
@@ -182,8 +195,8 @@ def test_identities(model, rng):
     plain = model.grad(theta, *test)
     np.testing.assert_allclose(maml_gradient(model, theta, inner, test, 0.0), plain, rtol=1e-12)
     np.testing.assert_allclose(maml_gradient(model, theta, [], test, 0.1), plain, rtol=1e-12)
-    for algo in ("reptile", "fomaml"):
-        assert not task_update(algo, model, theta, inner + [test], SGD(0.0))[0].any()
+    for delta in (reptile_delta, fomaml_delta):
+        assert not delta(model, theta, inner + [test], SGD(0.0))[0].any()
     assert linear_schedule(1.0, 0.2, 0, 10) == 1.0
     assert linear_schedule(1.0, 0.2, 5, 10) == pytest.approx(0.6)
 
@@ -191,9 +204,13 @@ def test_identities(model, rng):
 def test_bad_algorithm_and_weights_are_refused(model, rng):
     theta, batches = theta_of(model, rng), [batch(rng) for _ in range(2)]
     with pytest.raises(ValueError, match="unknown algorithm"):
-        task_update("mamI", model, theta, batches, SGD(0.1))
+        delta_rule("mamI")
     with pytest.raises(ValueError, match="one weight per mini-batch"):
-        task_update("combination", model, theta, batches, SGD(0.1), weights=[1.0])
+        combination_delta(model, theta, batches, SGD(0.1), [1.0])
+    with pytest.raises(ValueError, match="one weight per mini-batch"):
+        delta_rule("combination", weights=[1.0])(model, theta, batches, SGD(0.1))
+    with pytest.raises(ValueError, match="one weight per mini-batch"):
+        delta_rule("combination")(model, theta, batches, SGD(0.1))       # no weights at all
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -204,7 +221,6 @@ def test_maml_reusing_the_inner_passes_equals_recomputing_them(name, n, threads)
     recomputed at every product (float64, 1e-12), on the sine MLP 1-64-64-1 and a reduced
     Omniglot CNN, n = 4 or 5 tasks cut by map_tasks into chunks over 1 or 2 worker threads,
     through meta_update as training calls it, with weight decay."""
-    from minireptile import backend
     from minireptile.models import omniglot_cnn
     rng = np.random.default_rng(5)
     if name == "sine-mlp":                      # B large enough for map_tasks to cut
@@ -220,12 +236,48 @@ def test_maml_reusing_the_inner_passes_equals_recomputing_them(name, n, threads)
             return rng.random((n, b, 9, 9, 1)), rng.integers(0, 3, (n, b))
     theta = model.init(rng) + 0.1 * rng.standard_normal(model.num_params)
     batches = [draw() for _ in range(4)]
-    old = backend._state["workers"]
+    old = parallel.threads()
     try:
-        backend.set_threads(threads)
-        got, want = [meta_update("maml", model, theta, batches, SGD(0.02), 1.0,
-                                 weight_decay=0.99, reuse=reuse)[0] - theta
+        parallel.set_threads(threads)
+        got, want = [meta_update(delta_rule("maml", weight_decay=0.99, reuse=reuse), model,
+                                 theta, batches, SGD(0.02), 1.0)[0] - theta
                      for reuse in (True, False)]
     finally:
-        backend.set_threads(old)
+        parallel.set_threads(old)
     assert np.linalg.norm(got - want) < 1e-12 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("algo", ["reptile", "fomaml"])
+def test_meta_update_on_two_worker_threads_equals_one_call(algo):
+    """metabatch.meta_update with the meta-batch cut into chunks of tasks on 2 worker threads
+    == the whole meta-batch in one call, bit for bit: the new theta, the loss and the merged
+    inner Adam state (t, m, v), over two meta-iterations (the second from a merged state)."""
+    from minireptile.models import omniglot_cnn
+    rng = np.random.default_rng(7)
+    model, n = omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), 4
+    theta0 = model.init(rng)
+    batches = [(rng.random((n, 60, 9, 9, 1)), rng.integers(0, 3, (n, 60))) for _ in range(3)]
+    results = {}
+    for threads in (1, 2):
+        calls, rule = [], delta_rule(algo)
+
+        def spy(model, theta, batches, optimizer):            # the tasks of each call
+            calls.append(theta.shape[0])
+            return rule(model, theta, batches, optimizer)
+        old, theta, opt = parallel.threads(), theta0, Adam(0.01)
+        try:
+            parallel.set_threads(threads)
+            losses = []
+            for _ in range(2):
+                theta, loss = meta_update(spy, model, theta, batches, opt, 0.5)
+                losses.append(loss)
+        finally:
+            parallel.set_threads(old)
+        results[threads] = (calls, theta, losses, opt)
+    assert results[1][0] == [n, n] and results[2][0] == [n // 2] * 4     # cut on 2 threads
+    (_, theta1, loss1, opt1), (_, theta2, loss2, opt2) = results[1], results[2]
+    np.testing.assert_array_equal(theta1, theta2)
+    np.testing.assert_array_equal(loss1, loss2)
+    assert opt1.t == opt2.t == 2 * n * 3
+    np.testing.assert_array_equal(opt1.m, opt2.m)
+    np.testing.assert_array_equal(opt1.v, opt2.v)

@@ -184,58 +184,86 @@ def test_shape_errors_are_one_line_user_errors(sine):
 
 
 def _with_threads(n, fn):
-    from minireptile import backend
-    old = backend._state["workers"]
+    from minireptile import parallel
+    old = parallel.threads()
     try:
-        backend.set_threads(n)
+        parallel.set_threads(n)
         return fn()
     finally:
-        backend.set_threads(old)
+        parallel.set_threads(old)
+
+
+def test_map_tasks_covers_the_tasks_in_order():
+    """parallel.map_tasks: fn(rows) over slices covering range(T), on 2 workers, results
+    concatenated in task order (arrays and tuples of arrays); one call when too small."""
+    import threading
+    from minireptile import parallel
+    seen, names = [], set()
+
+    def fn(rows):
+        seen.append((rows.start, rows.stop))
+        names.add(threading.current_thread().name)
+        ids = np.arange(rows.start, rows.stop)
+        return ids, np.stack([ids, -ids], axis=1)
+    ids, pairs = _with_threads(2, lambda: parallel.map_tasks(fn, 5, parallel.CHUNK_VALUES))
+    np.testing.assert_array_equal(ids, np.arange(5))
+    np.testing.assert_array_equal(pairs, np.stack([np.arange(5), -np.arange(5)], axis=1))
+    assert sorted(seen) == [(i, i + 1) for i in range(5)]        # one chunk per task here
+    assert any(name.startswith("minireptile") for name in names)  # run on the worker pool
+    seen.clear()
+    single = _with_threads(2, lambda: parallel.map_tasks(lambda rows: fn(rows)[0], 5, 1))
+    np.testing.assert_array_equal(single, np.arange(5))
+    assert seen == [(0, 5)]                                       # too small to cut
 
 
 def test_worker_threads_give_the_same_numbers(rng):
-    """backend.map_tasks: 4 tasks in chunks on 2 worker threads == one batched call, bit for
+    """parallel.map_tasks: 4 tasks in chunks on 2 worker threads == one batched call, bit for
     bit (tasks are independent), for gradients and Hessian-vector products of a CNN."""
-    from minireptile import backend
+    from minireptile import parallel
     from minireptile.models import omniglot_cnn
     model = omniglot_cnn(3, input_shape=(9, 9, 1), filters=4)
     theta = np.stack([model.init(rng) for _ in range(4)])
     x, y = rng.normal(size=(4, 300, 9, 9, 1)), rng.integers(0, 3, (4, 300))
     v = rng.normal(size=theta.shape)
-    one = _with_threads(1, lambda: model.loss_grad_hvp(theta, x, y, v))
-    two = _with_threads(2, lambda: model.loss_grad_hvp(theta, x, y, v))
-    assert backend.map_tasks(lambda t, x: t.sum(axis=-1), theta, x).shape == (4,)
+    chunks = []
+
+    def tasks(rows):
+        chunks.append(rows)
+        return model.loss_grad_hvp(theta[rows], x[rows], y[rows], v[rows])
+    one = model.loss_grad_hvp(theta, x, y, v)
+    two = _with_threads(2, lambda: parallel.map_tasks(tasks, 4, x[0].size))
+    assert len(chunks) >= 2                                       # it was cut
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("threads", [(1, 1), (2, 2), (1, 2), (2, 1)],
-                         ids=["1", "2", "1-then-2", "2-then-1"])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("T", [4, 5], ids=["4-tasks", "5-tasks"])
 @pytest.mark.parametrize("name", ["sine-mlp", "cnn"])
-def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng):
-    """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp, bit for bit, with map_tasks
-    cutting 4 or 5 tasks into chunks over 2 worker threads, and with the
-    threads changed between the gradient and the product (then the blocks cut otherwise have
-    their passes recomputed)."""
-    from minireptile import backend
+def test_linearize_equals_loss_and_grad_and_hvp(name, T, threads, rng, monkeypatch):
+    """linearize's (L, g) == loss_and_grad and its hvp(v) == hvp, bit for bit: one
+    linearisation, several products, run (as metabatch runs a rule) inside map_tasks's chunks
+    of 4 or 5 tasks (chunks of 2 tasks at most) on 1 or 2 worker threads, against one call
+    over all the tasks."""
+    from minireptile import parallel
     if name == "sine-mlp":                      # B large enough for map_tasks to cut
         model, classes, B = models.mlp((1, 64, 64, 1)), None, 1200
     else:
         model, classes, B = models.omniglot_cnn(3, input_shape=(9, 9, 1), filters=4), 3, 60
     theta, x, y, v = _task_batch(model, T, B, rng, classes)
     u = rng.standard_normal(theta.shape)
-    old = backend._state["workers"]
-    try:
-        backend.set_threads(threads[0])
-        loss, g, hvp = model.linearize(theta, x, y)
-        want = model.loss_and_grad(theta, x, y)
-        backend.set_threads(threads[1])
-        got = [hvp(v), hvp(u)]                  # one linearisation, several products
-        wanted = [model.hvp(theta, x, y, v), model.hvp(theta, x, y, u)]
-    finally:
-        backend.set_threads(old)
-    for a, b in zip([loss, g] + got, list(want) + wanted):    # the same blocks: the same bits
+    monkeypatch.setattr(parallel, "CHUNK_VALUES", 2 * x[0].size)
+    chunks = []
+
+    def tasks(rows):
+        chunks.append(rows)
+        loss, g, hvp = model.linearize(theta[rows], x[rows], y[rows])
+        return loss, g, hvp(v[rows]), hvp(u[rows])
+    got = _with_threads(threads, lambda: parallel.map_tasks(tasks, T, x[0].size))
+    assert len(chunks) >= 2
+    want = [*model.loss_and_grad(theta, x, y), model.hvp(theta, x, y, v),
+            model.hvp(theta, x, y, u)]
+    for a, b in zip(got, want):                 # the same tasks: the same bits
         np.testing.assert_array_equal(a, b)
 
 

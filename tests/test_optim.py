@@ -111,23 +111,23 @@ def test_adam_reset_forgets_the_state(rng):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("beta1", [0.0, 0.9])
 def test_adam_in_blocks_matches_by_hand(beta1, workers, rng, monkeypatch):
-    """Adam's update run block by block on the worker threads (``backend.map_blocks``, here
+    """Adam's update run block by block on the worker threads (``parallel.map_blocks``, here
     forced on small arrays) == the update by hand, for T tasks starting from one shared
     state (theta and the moments broadcast from (P,) to (T, P), as evaluation does)."""
-    from minireptile import backend
-    monkeypatch.setattr(backend, "BLOCKS_FROM", 1)
-    monkeypatch.setattr(backend, "BLOCK_VALUES", 3)        # rows cut into blocks of 3
-    old = backend._state["workers"]
+    from minireptile import parallel
+    monkeypatch.setattr(parallel, "BLOCKS_FROM", 1)
+    monkeypatch.setattr(parallel, "BLOCK_VALUES", 3)       # rows cut into blocks of 3
+    old = parallel.threads()
     theta0, grads = rng.standard_normal(7), rng.standard_normal((3, 4, 7))
     opt = Adam(lr=0.01, beta1=beta1, beta2=0.99, eps=1e-8)
     theta1 = opt.step(theta0, grads[0, 0])                 # a shared (P,) state first
     try:
-        backend.set_threads(workers)
+        parallel.set_threads(workers)
         theta = np.broadcast_to(theta1, (4, 7))
         for g in grads[1:]:
             theta = opt.step(theta, g)
     finally:
-        backend.set_threads(old)
+        parallel.set_threads(old)
     for task in range(4):
         want = _adam_by_hand(theta0, [grads[0, 0], grads[1, task], grads[2, task]], 0.01,
                              beta1, 0.99, 1e-8)

@@ -4,13 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from minireptile import backend
+from minireptile import backend, sine
 from minireptile.cli import main
-from minireptile.evaluate import adaptation_losses
 from minireptile.models import mlp
-from minireptile.optim import Adam
-from minireptile.tasks import sine
-from minireptile.train import train_sine
+from minireptile.sine import SineConfig, adaptation_losses, meta_train
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +29,16 @@ def test_sample_follows_section_4():
         tasks.test[0][7] + tasks.phase[7]))
 
 
-@pytest.mark.parametrize("algo, meta_step, outer", [("reptile", 1.0, None),
+@pytest.mark.parametrize("algo, meta_step, outer", [("reptile", 1.0, "sgd"),
                                                     ("maml", 3e-3, "adam")])
 def test_meta_training_beats_random_init(algo, meta_step, outer):
     """After a short seeded run the 32-step loss on held-out tasks is far below a random
     init's (the paper's Figure 1 in numbers)."""
     rng, model = backend.make_rng(0), mlp((1, 32, 32, 1), "tanh")
     theta0 = model.init(rng)
-    theta = train_sine(model, theta0, rng, algo, meta_iters=300, inner_iters=5, inner_lr=0.02,
-                       meta_step=meta_step, meta_step_final=0.0, meta_batch=10,
-                       outer=outer and Adam(meta_step, beta1=0.9))
+    cfg = SineConfig(algo, meta_iters=300, inner_iters=5, inner_lr=0.02, meta_step=meta_step,
+                     meta_step_final=0.0, outer=outer, meta_batch=10).resolved()
+    theta = meta_train(model, theta0, cfg)
     held_out = sine.sample(backend.make_rng(1), 100)
     meta = adaptation_losses(model, theta, held_out, 0.02)[0]
     random = adaptation_losses(model, theta0, held_out, 0.02)[0]
@@ -49,15 +46,34 @@ def test_meta_training_beats_random_init(algo, meta_step, outer):
 
 
 def test_command_writes_table(tmp_path, capsys):
+    """sine-ALGO.json holds the table; theta-ALGO.npy the trained initialisation, whose
+    adaptation on the command's held-out tasks gives the table's numbers."""
     out = tmp_path / "run"
-    assert main(["sine", "--algo", "fomaml", "--meta-iters", "3", "--inner-iters", "2",
-                 "--eval-tasks", "4", "--eval-iters", "4", "--out", str(out)]) == 0
+    flags = ["--algo", "fomaml", "--meta-iters", "3", "--inner-iters", "2", "--eval-tasks", "4",
+             "--eval-iters", "4"]
+    assert main(["sine", *flags, "--out", str(out), "--dtype", "float64"]) == 0
     printed = capsys.readouterr().out
     assert "s=4" in printed and "random" in printed
     result = json.loads((out / "sine-fomaml.json").read_text())
     assert set(result["losses"]) == {"fomaml", "random"}
     assert set(result["losses"]["random"]) == {"0", "1", "2", "4"}
     assert not list(out.glob("*.tmp"))
+    theta = np.load(out / "theta-fomaml.npy")
+    cfg = SineConfig("fomaml", meta_iters=3, inner_iters=2, eval_tasks=4,
+                     eval_iters=4).resolved()
+    model, theta0, held_out = sine.initial(cfg)
+    assert theta.shape == theta0.shape and not np.array_equal(theta, theta0)
+    losses = adaptation_losses(model, theta, held_out, cfg.inner_lr, (0, 1, 2, 4))[0]
+    for s, loss in losses.items():
+        assert result["losses"]["fomaml"][str(s)] == pytest.approx(loss, rel=1e-12)
+
+
+def test_command_writes_under_runs_sine_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sine", "--meta-iters", "2", "--inner-iters", "1", "--eval-tasks", "2",
+                 "--eval-iters", "1"]) == 0
+    assert (tmp_path / "runs" / "sine" / "sine-reptile.json").exists()
+    assert (tmp_path / "runs" / "sine" / "theta-reptile.npy").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
