@@ -15,7 +15,9 @@ classification algorithm sees k mini-batches per task, as ``minireptile train`` 
 Reptile k inner steps; FOMAML k - 1 inner steps and a disjoint tail batch (separate tail);
 exact MAML k - 1 inner steps and the test batch. Sine runs as ``minireptile sine`` does:
 k inner steps, then the 50-point grid as FOMAML's tail and MAML's test batch. A
-meta-iteration is ``meta.meta_update``, the call the training loops make.
+meta-iteration is ``meta.meta_update``, the call the training loops make. Few-shot
+evaluation (``eval_workload``, ``evaluation``) is 5-way 1-shot on the Omniglot CNN, 50 Adam
+steps per task, as ``minireptile.evaluate`` runs it.
 
 Data are random arrays of the right shapes and dtypes (images in [0, 1), integer labels,
 sine points from the section 4 distribution): speed does not depend on the values, and
@@ -26,13 +28,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minireptile.backend import dtype, make_rng, to_device
-from minireptile.meta import meta_update, outer_step, task_update
+from minireptile.backend import dtype, get_xp, make_rng, to_device
+from minireptile.evaluate import predict_test, tasks_per_pass
+from minireptile.meta import adapt, meta_update, outer_step, task_update
 from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
 from minireptile.optim import SGD, Adam
 
 ALGOS = ("reptile", "fomaml", "maml")
 MAML_ALPHA = 0.01          # exact MAML's inner SGD step on the CNNs (timing does not depend on it)
+EVAL_SHOTS, EVAL_ITERS = 1, 50      # few-shot evaluation: 5-way 1-shot, 50 Adam steps
 
 
 class Setting(NamedTuple):
@@ -134,6 +138,37 @@ def meta_iteration(w, algo, batched=True, reuse=True):
         return outer_step(w.theta, delta / n, eps)
 
     return batched_step if batched else loop_step
+
+
+# -- few-shot evaluation -----------------------------------------------------------------
+
+def eval_workload(tasks=0):
+    """The Omniglot workload and T few-shot tasks, 5-way EVAL_SHOTS-shot (random images).
+
+    Returns (w, x (T, N*K, 28, 28, 1), y (T, N*K), xq (T, N, 28, 28, 1)), host arrays; T is
+    `tasks`, or what one ``evaluate`` pass holds (``tasks_per_pass``) for 0.
+    """
+    w = workload("omniglot")
+    n, k = w.setting.classes, EVAL_SHOTS
+    t = tasks or tasks_per_pass(w.model, n * k + 1)
+    rng = np.random.default_rng(1)
+    x = rng.random((t, n * k) + w.model.input_shape, dtype=np.float32)
+    xq = rng.random((t, n) + w.model.input_shape, dtype=np.float32)
+    return w, x, np.tile(np.arange(n).repeat(k), (t, 1)), xq
+
+
+def evaluation(w, x, y, xq):
+    """One ``evaluate`` pass on the T tasks, less the sampling: ``meta.adapt`` (EVAL_ITERS
+    Adam steps, each on the N*K training images, from a fresh inner Adam) and
+    ``predict_test`` (non-transductive). Returns a function of no arguments."""
+    xs, ys, xqd = to_device(x, dtype()), to_device(y), to_device(xq, dtype())
+    thetas = get_xp(w.theta).broadcast_to(w.theta, (len(x),) + w.theta.shape)
+
+    def run():
+        optimizer = inner_optimizer(w.setting, "reptile")      # a fresh Adam every pass
+        phi = adapt(w.model, thetas, [(xs, ys)] * EVAL_ITERS, optimizer)
+        return predict_test(w.model, phi, xs, xqd, transductive=False)
+    return run
 
 
 # -- analytic FLOP counts ----------------------------------------------------------------

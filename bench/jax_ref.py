@@ -18,7 +18,7 @@ Parameters are built from minireptile's flat theta (``conv_params`` and ``mlp_pa
 read ``model.views``), so a JAX meta-iteration starts from exactly minireptile's weights
 and the two can be compared number for number.
 
-This module is imported only by ``bench/run.py`` (and its checks) when ``import jax``
+This module is imported only by ``bench/case_jax.py`` (and its checks) when ``import jax``
 works; JAX is never a dependency of minireptile or its tests. The thread count is fixed
 by the caller through ``PJRT_NPROC`` / ``XLA_FLAGS`` before jax is first imported.
 """
@@ -221,7 +221,8 @@ class ConvEvaluate:
             return adam_step(phi, jax.grad(loss)(phi, x, y), v, t, lr)
 
         def predict(phi, x, xq):                   # each query in a batch with the shots
-            query = lambda q: conv_net(phi, jnp.concatenate([x, q[None]]), stride, pool)[-1]
+            def query(q):
+                return conv_net(phi, jnp.concatenate([x, q[None]]), stride, pool)[-1]
             return jax.vmap(query)(xq).argmax(axis=-1)
 
         self._step, self._predict = jax.jit(step, donate_argnums=(0, 1)), jax.jit(predict)

@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from bench.common import write_json  # noqa: E402
+
 CASES = [(1, 1, False), (1, 2, False), (2, 1, False), (2, 1, True)]  # (R, threads, determ.)
 WARMUP = 2
 LINKS = {"10 GbE": (50e-6, 1.25e9), "100 Gb/s InfiniBand": (2e-6, 12.5e9)}  # (a s, b B/s)
@@ -125,8 +127,8 @@ def measured_t_task(here):
         except (OSError, ValueError, KeyError):
             continue
         for row in rows:
-            if row["case"] == "meta_step" and row["config"].startswith("omniglot reptile "
-                                                                        "batched"):
+            if row["case"] == "meta_step" and row["config"].startswith(
+                    "omniglot reptile batched"):
                 sources[f"{label} ({name}: {row['config']})"] = row["median_ms"] / 5e3
     return sources
 
@@ -231,10 +233,7 @@ def main():
         print(f"| {row['t_task_from'].split(' (')[0]} | {row['model']} | {row['link']} | "
               f"{row['tasks_per_rank']} | {1e3 * row['compute_s']:.1f} | "
               f"{row['crossover_R'] or 'never'} | {e[16]:.2f} | {e[256]:.2f} |")
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, report, indent=2)
     print(f"\nwrote {args.out}")
 
 

@@ -8,27 +8,20 @@ OpenBLAS's own 2 threads instead of task workers (the library's choice is one BL
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from bench.common import best_ms  # noqa: E402
 from minireptile import backend  # noqa: E402
 from minireptile.models import omniglot_cnn  # noqa: E402
 
-
-def best_ms(f, repeats=40):
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return 1e3 * min(times)
+REPEATS = 40               # calls per configuration; the fastest is printed
 
 
 def main():
+    """The table of gradient times per worker count, BLAS threads and tasks."""
     rng = np.random.default_rng(0)
     model = omniglot_cnn(5)
     theta = np.stack([model.init(rng) for _ in range(5)]).astype(np.float32)   # (5, P)
@@ -39,7 +32,8 @@ def main():
                                  (1, 2, 5)):
         backend.set_threads(workers)
         backend.set_blas_threads(blas)
-        ms = best_ms(lambda: model.loss_and_grad(theta[:tasks], x[:tasks], y[:tasks]))
+        ms = best_ms(lambda: model.loss_and_grad(theta[:tasks], x[:tasks], y[:tasks]),
+                     REPEATS)
         print(f"| {workers} | {blas} | {tasks} | {ms:.2f} |")
 
 

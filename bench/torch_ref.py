@@ -12,7 +12,7 @@ form of the paper's code) and ``vmap`` (the meta-batch as one batched pass throu
 ``torch.func.vmap``), so minireptile's batched pass is compared with both. Few-shot
 evaluation (``ConvEvaluate``) runs its tasks one after another, as the paper's code does.
 
-This module is imported only by ``bench/run.py`` when ``import torch`` works; PyTorch
+This module is imported only by ``bench/case_torch.py`` when ``import torch`` works; PyTorch
 is never a dependency of minireptile or its tests.
 """
 import math
