@@ -211,6 +211,7 @@ def run(cfg, folder=None, data=None, stream=None, comm=LOCAL, stop_at=None, out=
           f"steps, device {backend.device()}, {comm.describe()}, data {ds.path}",
           file=stream)
     print("resolved: " + command_line(cfg), file=stream, flush=True)
+    warn_test_step(cfg, stream)
     t0 = time.time()
     with (checkpoint.locked(folder) if folder and comm.rank == 0 else nullcontext()):
         theta, optimizer = train(model, ds, cfg, checkpoint_dir=folder, stream=stream,
@@ -218,6 +219,17 @@ def run(cfg, folder=None, data=None, stream=None, comm=LOCAL, stop_at=None, out=
         if stop_at is not None and stop_at < cfg.meta_iters:
             return None
         return finish(model, theta, optimizer, ds, cfg, folder, stream, comm, out, t0)
+
+
+def warn_test_step(cfg, stream):
+    """A one-line warning when exact MAML will be evaluated with another inner step than the
+    one it learned its initialisation for: the loss sums over a batch, so an SGD step on
+    --eval-batch B' images is B'/B of one on --inner-batch B. (The earlier MAML experiment
+    trained on batches of 10 and was evaluated on 5: docs/reproduce.md.)"""
+    if cfg.algo == "maml" and cfg.eval_batch != cfg.inner_batch:
+        print(f"warning: exact MAML with --eval-batch {cfg.eval_batch} and --inner-batch "
+              f"{cfg.inner_batch}: the test-time step is {cfg.eval_batch}/{cfg.inner_batch} of "
+              f"the trained one (the loss is a sum over the batch)", file=stream, flush=True)
 
 
 def finish(model, theta, optimizer, ds, cfg, folder, stream, comm, out, t0):
