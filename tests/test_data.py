@@ -27,9 +27,8 @@ needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").is_
                                     reason=f"real Omniglot data not found at {OMNIGLOT}")
 
 
-def run_cli(argv, monkeypatch):
-    """`minireptile ARGV` with only this module's sub-commands registered; the exit status."""
-    monkeypatch.setattr(cli, "COMMANDS", ("data",))
+def run_cli(argv):
+    """`minireptile ARGV`; the exit status."""
     return cli.main([str(a) for a in argv])
 
 
@@ -130,8 +129,8 @@ def test_rot90_is_pillows_rotate():
 
 @pytest.mark.slow
 @needs_omniglot
-def test_info_and_default_num_train_error(small_pack, tmp_path, monkeypatch, capsys):
-    assert run_cli(["info", small_pack[0]], monkeypatch) == 0
+def test_info_and_default_num_train_error(small_pack, tmp_path, capsys):
+    assert run_cli(["info", small_pack[0]]) == 0
     text = capsys.readouterr().out
     for part in ("format version 1", "omniglot", "242, 20 images per class", "28x28x1",
                  "4840 images", "train:  180 classes", "test:   62 classes",
@@ -139,7 +138,7 @@ def test_info_and_default_num_train_error(small_pack, tmp_path, monkeypatch, cap
         assert part in text
     out = tmp_path / "small.h5"
     assert run_cli(["pack", "omniglot", OMNIGLOT / "images_background_small1.zip",
-                    OMNIGLOT / "images_background_small2.zip", "-o", out], monkeypatch) == 2
+                    OMNIGLOT / "images_background_small2.zip", "-o", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "242 characters, cannot put 1200 in train" in err and "--train-fraction" in err
     only(tmp_path)
@@ -147,11 +146,11 @@ def test_info_and_default_num_train_error(small_pack, tmp_path, monkeypatch, cap
 
 # ---------------------------------------------------------------- generated Omniglot folders
 
-def test_folder_pack_and_split_by_alphabet(tmp_path, monkeypatch, capsys):
+def test_folder_pack_and_split_by_alphabet(tmp_path, capsys):
     src = make_omniglot(tmp_path / "src")
     out = tmp_path / "out.h5"
     assert run_cli(["pack", "omniglot", src, "-o", out, "--num-train", "5",
-                    "--split-by", "alphabet"], monkeypatch) == 0
+                    "--split-by", "alphabet"]) == 0
     ds = load_dataset(out)
     assert ds.images.shape == (60, 28, 28, 1) and ds.class_names[0] == "Alpha0/character01"
     alphabets = {k: {ds.class_names[c].split("/")[0] for c in v} for k, v in ds.splits.items()}
@@ -172,10 +171,10 @@ def test_seed_changes_split_and_fraction(tmp_path):
 # ---------------------------------------------------------------- Mini-ImageNet
 
 @pytest.mark.parametrize("csv_layout", [False, True])
-def test_miniimagenet_pack(tmp_path, monkeypatch, csv_layout):
+def test_miniimagenet_pack(tmp_path, csv_layout):
     src = make_miniimagenet(tmp_path / "mini", csv_layout)
     out = tmp_path / "mini.h5"
-    assert run_cli(["pack", "miniimagenet", src, "-o", out], monkeypatch) == 0
+    assert run_cli(["pack", "miniimagenet", src, "-o", out]) == 0
     ds = load_dataset(out)
     assert ds.images.shape == (28, 84, 84, 3) and ds.kind == "miniimagenet"
     assert ds.splits == {"train": [0, 1, 2], "val": [3, 4], "test": [5, 6]}
@@ -187,10 +186,9 @@ def test_miniimagenet_pack(tmp_path, monkeypatch, csv_layout):
     assert x.shape == (2, 6, 84, 84, 3) and xq.shape == (2, 2, 84, 84, 3)
 
 
-def test_miniimagenet_rejects_split_flags(tmp_path, monkeypatch, capsys):
+def test_miniimagenet_rejects_split_flags(tmp_path, capsys):
     src = make_miniimagenet(tmp_path / "mini")
-    assert run_cli(["pack", "miniimagenet", src, "-o", tmp_path / "m.h5", "--num-train", "3"],
-                   monkeypatch) == 2
+    assert run_cli(["pack", "miniimagenet", src, "-o", tmp_path / "m.h5", "--num-train", "3"]) == 2
     assert "drop --num-train" in capsys.readouterr().err
     shutil.rmtree(src / "test")
     with pytest.raises(UserError, match="no 'test' classes"):
@@ -308,7 +306,7 @@ def tiny_zip(tmp_path):
     return archive
 
 
-def test_bad_archives(tmp_path, tiny_zip, monkeypatch, capsys):
+def test_bad_archives(tmp_path, tiny_zip, capsys):
     out = tmp_path / "out" / "o.h5"
     out.parent.mkdir()
     data = tiny_zip.read_bytes()
@@ -318,8 +316,7 @@ def test_bad_archives(tmp_path, tiny_zip, monkeypatch, capsys):
                          "corrupt zip member")}
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
-        assert run_cli(["pack", "omniglot", tmp_path / name, "-o", out, "--num-train", "2"],
-                       monkeypatch) == 2
+        assert run_cli(["pack", "omniglot", tmp_path / name, "-o", out, "--num-train", "2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in err and name in err, err
         only(out.parent)
@@ -377,7 +374,7 @@ def test_failed_pack_keeps_good_file(tmp_path, tiny_zip, monkeypatch):
     only(tmp_path, "o.h5", "tiny.zip")
 
 
-def test_bad_dataset_files(tmp_path, tiny_zip, monkeypatch, capsys):
+def test_bad_dataset_files(tmp_path, tiny_zip, capsys):
     good = tmp_path / "good.h5"
     pack_omniglot([tiny_zip], good, num_train=2)
     (tmp_path / "text.h5").write_text("hello")
@@ -391,7 +388,7 @@ def test_bad_dataset_files(tmp_path, tiny_zip, monkeypatch, capsys):
                           ("none.h5", "no such dataset file")]:
         with pytest.raises(UserError, match=message):
             load_dataset(tmp_path / name)
-        assert run_cli(["info", tmp_path / name], monkeypatch) == 2
+        assert run_cli(["info", tmp_path / name]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and name in err and message in err
 
@@ -414,21 +411,20 @@ class Terminal(io.StringIO):
 def test_pack_progress_redraws_a_terminal_line_and_logs_lines(tmp_path, tiny_zip, monkeypatch,
                                                               capsys):
     args = ["pack", "omniglot", tiny_zip, "-o", tmp_path / "o.h5", "--num-train", "2"]
-    assert run_cli(args, monkeypatch) == 0
+    assert run_cli(args) == 0
     log = capsys.readouterr().err.splitlines(keepends=True)    # stderr is not a terminal here
     assert not any("\r" in line or "\033" in line for line in log)
     assert all(line.startswith("decoding images ") for line in log[:-1])
     assert log[-2].startswith("decoding images 12/12 ") and log[-1].startswith("packed 12 ")
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert run_cli(args, monkeypatch) == 0
+    assert run_cli(args) == 0
     assert re.search(r"\rdecoding images 12/12 [^\n]*\npacked 12 images", terminal.getvalue())
 
 
-def test_pack_into_a_folder_is_a_one_line_error(tmp_path, tiny_zip, monkeypatch, capsys):
+def test_pack_into_a_folder_is_a_one_line_error(tmp_path, tiny_zip, capsys):
     (tmp_path / "out").mkdir()
-    assert run_cli(["pack", "omniglot", tiny_zip, "-o", tmp_path / "out", "--num-train", "2"],
-                   monkeypatch) == 2
+    assert run_cli(["pack", "omniglot", tiny_zip, "-o", tmp_path / "out", "--num-train", "2"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("minireptile: error: ") and "out: is a folder" in err
     only(tmp_path / "out")
@@ -449,7 +445,6 @@ def fill_then_block(*args):              # the temporary file is written, not ye
 
 
 format_module._fill = fill_then_block
-cli.COMMANDS = ("data",)
 signal.signal(signal.SIGINT, signal.default_int_handler)    # even when started with it ignored
 sys.exit(cli.main(sys.argv[1:]))
 '''
@@ -505,7 +500,7 @@ def test_stopped_pack_removes_its_temporary_file(sig, status, word, tmp_path, ti
 
 
 def test_next_pack_removes_the_temporary_files_of_killed_packs_only(tmp_path, tiny_zip,
-                                                                    blocked_pack, monkeypatch):
+                                                                    blocked_pack):
     out = tmp_path / "out" / "o.h5"
     out.parent.mkdir()
     killed = blocked_pack(tiny_zip, out)
@@ -516,8 +511,7 @@ def test_next_pack_removes_the_temporary_files_of_killed_packs_only(tmp_path, ti
     running = blocked_pack(tiny_zip, out)                        # removed the dead one's file
     mine = temporaries(out.parent)
     assert len(mine) == 1 and mine != left
-    assert run_cli(["pack", "omniglot", tiny_zip, "-o", out, "--num-train", "2"],
-                   monkeypatch) == 0
+    assert run_cli(["pack", "omniglot", tiny_zip, "-o", out, "--num-train", "2"]) == 0
     assert temporaries(out.parent) == mine                       # a live pack's file is kept
     running.terminate()
     running.communicate(timeout=300)

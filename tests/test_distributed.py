@@ -20,12 +20,13 @@ import pytest
 
 from minireptile import checkpoint, distributed
 from minireptile.cli import main
-from minireptile.cli.train import load_data
+from minireptile.config import TrainConfig, load_data
 from minireptile.data.batches import task_rng
-from minireptile.meta import meta_update, sum_tasks, task_update
+from minireptile.meta import delta_rule
+from minireptile.metabatch import meta_update, sum_tasks
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
-from minireptile.train import TrainConfig, meta_batch, task_rngs
+from minireptile.train import meta_batch, task_rngs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--meta-iters", "6", "--meta-batch", "5", "--inner-iters", "2", "--train-shots", "2",
@@ -96,19 +97,19 @@ def test_split_reduce_gives_the_one_process_update(omniglot, algo, optimizer):
     theta = model.init(np.random.default_rng(0))                                # float64
     batches = [(x.astype(np.float64), y) for x, y in
                meta_batch(omniglot, task_rngs(0, 0, range(5)), cfg)]
-    whole = task_update(algo, model, np.broadcast_to(theta, (5, theta.size)), batches,
-                        SGD(0.05))[0]
+    rule = delta_rule(algo)
+    whole = rule(model, np.broadcast_to(theta, (5, theta.size)), batches, SGD(0.05))[0]
     for block in _split(5, 2):
-        part = task_update(algo, model, np.broadcast_to(theta, (len(block), theta.size)),
-                           [(x[block.start:block.stop], y[block.start:block.stop])
-                            for x, y in batches], SGD(0.05))[0]
+        part = rule(model, np.broadcast_to(theta, (len(block), theta.size)),
+                    [(x[block.start:block.stop], y[block.start:block.stop])
+                     for x, y in batches], SGD(0.05))[0]
         np.testing.assert_array_equal(part, whole[block.start:block.stop])
     results = {}
     for name, reduce in [("one", None), ("gathered", TwoRanks(5, True).reduce),
                          ("summed", TwoRanks(5, False).reduce)]:
         opt, new = optimizer(0.05), theta
         for _ in range(2):                    # the second merge starts from a merged state
-            new, loss = meta_update(algo, model, new, batches, opt, 0.7, reduce=reduce)
+            new, loss = meta_update(rule, model, new, batches, opt, 0.7, reduce=reduce)
         results[name] = new, loss, opt.state_dict()
     # Adam turns the rounding of the conv biases' zero gradient into steps: compare the
     # per-rank sums with SGD only (docs/distributed.md)
@@ -121,18 +122,19 @@ def test_split_reduce_gives_the_one_process_update(omniglot, algo, optimizer):
             same(results[name][2][key], results["one"][2][key])
 
 
-def test_merge_tasks_takes_its_mean_over_every_ranks_tasks():
-    """Adam.merge_tasks with a reduce over 2 ranks' tasks = the merge of all n in one."""
+def test_merge_sums_takes_its_mean_over_every_ranks_tasks():
+    """Adam.merge_sums of task_terms reduced over 2 ranks' tasks = the merge of all n in one."""
     rng = np.random.default_rng(0)
     g = rng.normal(size=(2, 5, 4))                                  # k = 2 steps, n = 5 tasks
     states = []
-    for reduce in (None, TwoRanks(5, True).reduce):
+    for reduce in (sum_tasks, TwoRanks(5, True).reduce):
         opt = Adam(0.1)
         opt.step(np.zeros(4), rng.normal(size=4) * 0 + 1.0)           # a shared s_0
         start = opt.snapshot()
         for step in g:
             opt.step(np.zeros((5, 4)), step)
-        opt.merge_tasks(start, reduce)
+        sums, n = reduce(opt.task_terms(start, len(g)))
+        opt.merge_sums(start, sums, n, len(g))
         states.append(opt.state_dict())
     for key in ("t", "m", "v"):
         np.testing.assert_array_equal(states[0][key], states[1][key])
@@ -142,8 +144,9 @@ def test_one_reduce_call_per_meta_iteration(omniglot):
     model, two = omniglot_cnn(5, filters=8), TwoRanks(5, True)
     cfg = TrainConfig(meta_batch=5, inner_iters=2, inner_batch=5, train_shots=2)
     theta = model.init(np.random.default_rng(0)).astype(np.float32)
-    meta_update("reptile", model, theta, meta_batch(omniglot, task_rngs(0, 0, range(5)), cfg),
-                Adam(0.01), 1.0, reduce=two.reduce)
+    meta_update(delta_rule("reptile"), model, theta,
+                meta_batch(omniglot, task_rngs(0, 0, range(5)), cfg), Adam(0.01), 1.0,
+                reduce=two.reduce)
     assert two.calls == 1
 
 

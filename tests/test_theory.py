@@ -16,7 +16,7 @@ import pytest
 
 from minireptile import checkpoint
 from minireptile.cli import main
-from minireptile.meta import adapt, maml_gradient, task_update
+from minireptile.meta import adapt, delta_rule, maml_gradient
 from minireptile.models import mlp
 from minireptile.optim import SGD
 from minireptile.theory import (Problem, coefficients, extreme_eigenvalues, hessian_operator,
@@ -144,8 +144,8 @@ def test_sampled_estimates_match_closed_forms_within_their_standard_errors():
         assert abs(r["c1"] - c1) < 4.5 * r["c1_se"] and abs(r["c2"] - c2) < 4.5 * r["c2_se"], r
 
 
-def test_meta_gradients_are_those_of_task_update(rng):
-    """g_algo = -Delta / alpha of meta.task_update on a real network (the prefix runs for
+def test_meta_gradients_are_those_of_the_delta_rules(rng):
+    """g_algo = -Delta / alpha of meta.delta_rule(algo) on a real network (the prefix runs for
     Reptile and FOMAML, and MAML's split of the k mini-batches into k - 1 inner and 1 test)."""
     model, alpha = mlp((1, 8, 8, 1), "tanh"), 0.05
     theta = model.init(rng)
@@ -154,7 +154,7 @@ def test_meta_gradients_are_those_of_task_update(rng):
     terms = sample_terms(model, theta, batches, [alpha], [2, 3, 4], control=False)
     thetas = np.broadcast_to(theta, (2, theta.size))
     for algo, k in itertools.product(ALGOS, [2, 3, 4]):
-        delta = task_update(algo, model, thetas, batches[:k], SGD(alpha))[0]
+        delta = delta_rule(algo)(model, thetas, batches[:k], SGD(alpha))[0]
         np.testing.assert_allclose(terms[algo, k, alpha], -delta / alpha, rtol=1e-10,
                                    atol=1e-12, err_msg=f"{algo} k={k}")
 
