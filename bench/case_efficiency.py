@@ -12,7 +12,7 @@ import numpy as np
 
 from bench import cases
 from bench.common import EFFICIENCY_MODELS, GEMM_N, blas_threads, measure
-from minireptile import backend
+from minireptile import backend, parallel
 
 
 def gemm_fn(n):
@@ -22,11 +22,11 @@ def gemm_fn(n):
     b = backend.to_device(np.random.default_rng(1).random((n, n), dtype=np.float32))
 
     def gemm():
-        backend.set_blas_threads(blas_threads())
+        parallel.set_blas_threads(blas_threads())
         try:
             return a @ b
         finally:
-            backend.set_blas_threads(1)
+            parallel.set_blas_threads(1)
     return gemm
 
 

@@ -28,9 +28,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minireptile.backend import dtype, get_xp, make_rng, to_device
-from minireptile.evaluate import predict_test, tasks_per_pass
-from minireptile.meta import adapt, meta_update, outer_step, task_update
+from minireptile.backend import dtype, make_rng, to_device
+from minireptile.evaluate import adapt_and_predict, tasks_per_pass
+from minireptile.meta import delta_rule, outer_step
+from minireptile.metabatch import meta_update
 from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
 from minireptile.optim import SGD, Adam
 
@@ -117,8 +118,8 @@ def inner_optimizer(setting, algo):
 def meta_iteration(w, algo, batched=True, reuse=True):
     """A function running one meta-iteration of algo on workload w; returns the new theta.
 
-    batched: ``meta.meta_update`` on the n tasks as one pass over a leading task axis (what
-    ``minireptile train`` runs); otherwise a Python loop of ``meta.task_update`` over the
+    batched: ``metabatch.meta_update`` on the n tasks as one pass over a leading task axis
+    (what ``minireptile train`` runs); otherwise a Python loop of the Delta rule over the
     tasks, each with theta (P,) and inputs (B, ...). Every call starts from the same theta
     (so repeated timings see the same numbers); Adam's state carries on across calls, as it
     does during training. reuse: exact MAML's Hessian-vector products from the inner loop's
@@ -129,12 +130,14 @@ def meta_iteration(w, algo, batched=True, reuse=True):
     inner = w.batches if not w.setting.classes else w.batches[:-1]
     batches = w.batches if algo == "reptile" else inner + [w.test]
 
+    rule = delta_rule(algo, reuse=reuse)
+
     def batched_step():
-        return meta_update(algo, w.model, w.theta, batches, optimizer, eps, reuse=reuse)[0]
+        return meta_update(rule, w.model, w.theta, batches, optimizer, eps)[0]
 
     def loop_step():
-        delta = sum(task_update(algo, w.model, w.theta, [(x[t], y[t]) for x, y in batches],
-                                optimizer, reuse=reuse)[0] for t in range(n))
+        delta = sum(rule(w.model, w.theta, [(x[t], y[t]) for x, y in batches], optimizer)[0]
+                    for t in range(n))
         return outer_step(w.theta, delta / n, eps)
 
     return batched_step if batched else loop_step
@@ -158,16 +161,15 @@ def eval_workload(tasks=0):
 
 
 def evaluation(w, x, y, xq):
-    """One ``evaluate`` pass on the T tasks, less the sampling: ``meta.adapt`` (EVAL_ITERS
-    Adam steps, each on the N*K training images, from a fresh inner Adam) and
-    ``predict_test`` (non-transductive). Returns a function of no arguments."""
+    """One ``evaluate`` pass on the T tasks, less the sampling: ``adapt_and_predict``
+    (EVAL_ITERS Adam steps, each on the N*K training images, from a fresh inner Adam, then
+    the non-transductive predictions). Returns a function of no arguments."""
     xs, ys, xqd = to_device(x, dtype()), to_device(y), to_device(xq, dtype())
-    thetas = get_xp(w.theta).broadcast_to(w.theta, (len(x),) + w.theta.shape)
 
     def run():
         optimizer = inner_optimizer(w.setting, "reptile")      # a fresh Adam every pass
-        phi = adapt(w.model, thetas, [(xs, ys)] * EVAL_ITERS, optimizer)
-        return predict_test(w.model, phi, xs, xqd, transductive=False)
+        return adapt_and_predict(w.model, w.theta, optimizer, [(xs, ys)] * EVAL_ITERS, xs,
+                                 xqd, transductive=False)
     return run
 
 

@@ -4,7 +4,7 @@
 
 Each case is `mpiexec -n R python bench/mpi_scaling.py --worker` on this machine, R ranks x
 T threads (CASES): the quick Omniglot run's meta-iteration (5-way, 5 tasks of 10 shots per
-class, k = 5 Adam steps of 10 images: ``train.meta_batch`` + ``meta_update`` with the
+class, k = 5 Adam steps of 10 images: ``train.meta_batch`` + ``metabatch.meta_update`` with the
 communicator's reduce, as ``minireptile train --distributed mpi`` runs it), timed over
 --iters iterations after WARMUP untimed ones. Cases run in interleaved rounds and the median
 per case is kept, so that the load of other processes falls on every case alike.
@@ -50,12 +50,11 @@ NODES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 def worker(iters, deterministic):
     """One case, inside mpiexec: rank 0 prints one JSON line of its measurements."""
-    from minireptile import backend, distributed
-    from minireptile.cli.train import load_data
+    from minireptile import distributed, parallel
+    from minireptile.config import TrainConfig, inner_optimizer, load_data
     from minireptile.models import omniglot_cnn
-    from minireptile.train import TrainConfig, inner_optimizer, meta_batch, meta_iteration
-    from minireptile.train import task_rngs
-    backend.set_threads(int(os.environ["MINIREPTILE_THREADS"]))
+    from minireptile.train import meta_batch, meta_iteration, task_rngs
+    parallel.set_threads(int(os.environ["MINIREPTILE_THREADS"]))
     comm = distributed.communicator("mpi", deterministic)
     ds, model, cfg = load_data(None, "omniglot"), omniglot_cnn(5), TrainConfig()
     tasks, reduce = comm.share(cfg.meta_batch), comm.reducer(cfg.meta_batch)

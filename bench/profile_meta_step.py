@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import cases  # noqa: E402
-from minireptile import backend  # noqa: E402
+from minireptile import backend, parallel  # noqa: E402
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     ap.add_argument("model", nargs="?", default="omniglot", choices=("omniglot", "miniimagenet"))
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
-    backend.set_threads(1)
+    parallel.set_threads(1)
     step = cases.meta_iteration(cases.workload(args.model), "reptile", batched=True)
     step()
     t = time.perf_counter()

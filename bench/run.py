@@ -51,7 +51,7 @@ _set_threads(sys.argv)
 # numpy (imported by these) after the thread count is fixed
 from bench import (case_efficiency, case_hvp, case_inner_steps, case_jax,  # noqa: E402
                    case_meta_step, case_torch, common)
-from minireptile import backend  # noqa: E402
+from minireptile import backend, parallel  # noqa: E402
 
 RUNNERS = {"meta_step": case_meta_step.run, "inner_steps": case_inner_steps.run,
            "hvp": case_hvp.run, "efficiency": case_efficiency.run, "torch": case_torch.run,
@@ -85,7 +85,7 @@ def main(argv=None):
         common.BUDGET_S[mode] = args.budget
     try:
         backend.set_backend(args.device, common.DTYPE)
-        backend.set_threads(common.blas_threads())     # N task workers, one BLAS thread each
+        parallel.set_threads(common.blas_threads())     # N task workers, one BLAS thread each
     except backend.BackendError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

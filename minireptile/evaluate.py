@@ -69,6 +69,24 @@ def predict_test(model, phi, x_train, x_test, transductive):
     return test_scores(model, phi, x_train, x_test, transductive).argmax(axis=-1)
 
 
+def adapt_and_predict(model, theta, optimizer, batches, x_train, x_test, transductive,
+                      weight_decay=1.0):
+    """Predicted classes (T, N) of T tasks' test samples after fine-tuning theta on each.
+
+    theta: (P,); batches: the eval_iters mini-batches (x (T, B, ...), y (T, B)); every task
+    starts from a copy of optimizer's state (left unchanged). The tasks are independent, so
+    the CPU's workers take chunks of them (``parallel.map_tasks``).
+    """
+    xp = get_xp(theta)
+
+    def tasks_of(rows):                              # adapt, then classify, these tasks
+        phi = adapt(model, xp.broadcast_to(theta, (rows.stop - rows.start,) + theta.shape),
+                    [(bx[rows], by[rows]) for bx, by in batches], optimizer.copy(),
+                    weight_decay)
+        return predict_test(model, phi, x_train[rows], x_test[rows], transductive)
+    return map_tasks(tasks_of, x_train.shape[0], batches[0][0][0].size if batches else 1)
+
+
 def tasks_per_pass(model, images, budget=MEMORY_BUDGET):
     """How many tasks one evaluation pass holds within budget bytes of activations.
 
@@ -101,7 +119,7 @@ def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, ev
     per_pass = tasks_per_pass(model, max(num_classes * num_shots + 1, eval_batch))
     progress = stream and Progress(len(mine), stream=stream, label=f"eval {split:5}",
                                    unit="tasks")
-    correct, xp = [np.zeros(0)], get_xp(theta)
+    correct = [np.zeros(0)]
     for start in range(0, len(mine), per_pass):
         tasks = mine[start:start + per_pass]
         rngs = ([rng] * len(tasks) if isinstance(rng, np.random.Generator)
@@ -110,13 +128,9 @@ def evaluate(model, theta, optimizer, ds, split, rng, num_classes, num_shots, ev
                                         eval_iters, 1, replacement)
         xs, ys = gather(x, y, idx)
         xs, x, xq, ys = (*(to_device(a, dtype()) for a in (xs, x, xq)), to_device(ys))
-
-        def tasks_of(rows):                          # adapt, then classify, these tasks
-            phi = adapt(model, xp.broadcast_to(theta, (rows.stop - rows.start,) + theta.shape),
-                        [(xs[rows, j], ys[rows, j]) for j in range(eval_iters)],
-                        optimizer.copy(), weight_decay)
-            return predict_test(model, phi, x[rows], xq[rows], transductive)
-        pred = map_tasks(tasks_of, len(tasks), xs[0, 0].size)
+        pred = adapt_and_predict(model, theta, optimizer, [(xs[:, j], ys[:, j]) for j in
+                                                           range(eval_iters)], x, xq,
+                                 transductive, weight_decay)
         correct.append((to_host(pred) == yq).mean(axis=1))
         if progress:
             progress.update(start + len(tasks), force=start + len(tasks) == len(mine))
