@@ -2,18 +2,20 @@
 
 Every configuration gets the same number of image-gradient evaluations
 (meta_iters * meta_batch * inner_iters * inner_batch), so a setting that learns more per
-FLOP wins. Runs the configurations in parallel processes (2 BLAS threads each) and
-writes one JSON with each run's learning curve and final 5-way 1-shot accuracy.
+FLOP wins. Each configuration is a ``TrainConfig`` run by ``minireptile.train_run`` in its
+own process (one CPU thread each); writes one JSON with each run's learning curve and final
+5-way 1-shot accuracy.
 
-    python examples/quick_sweep.py --budget 375000 --jobs 8 --out sweep.json
+    python examples/quick_sweep.py --budget 375000 --jobs 8 --out runs/sweep.json
 """
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+
+from minireptile import TrainConfig, checkpoint, parallel, train_run
 
 CONFIGS = {
     "paper-mb5-lr1e-3": dict(meta_batch=5, inner_iters=5, inner_batch=10, train_shots=10,
@@ -35,53 +37,46 @@ CONFIGS = {
 }
 
 
-def command(cfg, iters, folder, eval_samples):
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()]
-    return [sys.executable, "-m", "minireptile", "train", "omniglot", "--shots", "1",
-            f"--meta-iters={iters}", "--meta-step=1", "--meta-step-final=0",
-            f"--eval-interval={max(iters // 3, 1)}", "--eval-tasks-during=50",
-            f"--eval-samples={eval_samples}", "--eval-batch=5", "--eval-iters=50",
-            "--checkpoint", folder, *flags]
+def run(name, fields, iters, folder, eval_samples):
+    """One configuration of the sweep, in a worker process: its results and learning curve."""
+    parallel.set_threads(1)
+    cfg = TrainConfig(shots=1, meta_iters=iters, meta_step=1.0, meta_step_final=0.0,
+                      eval_interval=max(iters // 3, 1), eval_tasks_during=50,
+                      eval_samples=eval_samples, eval_batch=5, eval_iters=50, **fields)
+    with open(os.devnull, "w") as quiet:
+        results = train_run(cfg, folder, stream=quiet)
+    return name, iters, results, checkpoint.read_log(folder)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=int, default=375000, help="image-gradients per run")
-    p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=8, help="runs at once, one process each")
     p.add_argument("--eval-samples", type=int, default=200)
-    p.add_argument("--only", nargs="*", help="configuration names")
-    p.add_argument("--out", default="sweep.json")
+    p.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configuration names")
+    p.add_argument("--out", default="runs/sweep.json")
     args = p.parse_args()
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", PYTHONUNBUFFERED="1")
-    root = tempfile.mkdtemp(prefix="sweep-")
-    names = args.only or list(CONFIGS)
-    procs, t0 = {}, time.time()
-    for name in names[:args.jobs]:
-        cfg = CONFIGS[name]
-        per_iter = cfg["meta_batch"] * cfg["inner_iters"] * cfg["inner_batch"]
-        iters = args.budget // per_iter
-        folder = os.path.join(root, name)
-        procs[name] = (iters, subprocess.Popen(command(cfg, iters, folder, args.eval_samples),
-                                               env=env, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.STDOUT))
-    results = {}
-    for name, (iters, proc) in procs.items():
-        proc.wait()
-        folder = os.path.join(root, name)
-        with open(os.path.join(folder, "results.json")) as f:
-            r = json.load(f)
-        with open(os.path.join(folder, "log.jsonl")) as f:
-            curve = [json.loads(line) for line in f]
-        results[name] = dict(config=CONFIGS[name], meta_iters=iters, curve=curve,
-                             test=r["test"], train=r["train"],
-                             train_seconds=r["train_seconds"])
-        print(f"{name:18s} iters {iters:5d}  test {100 * r['test']['accuracy']:.1f} "
-              f"+/- {100 * r['test']['ci95']:.1f}%  curve "
-              + " ".join(f"{c['iteration']}:{100 * c['test']:.0f}" for c in curve)
-              + f"  ({r['train_seconds']:.0f} s)", flush=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(budget=args.budget, seconds=time.time() - t0, runs=results), f,
-                  indent=1)
+    root, t0, results = tempfile.mkdtemp(prefix="sweep-"), time.time(), {}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = []
+        for name in args.only or list(CONFIGS):
+            fields = CONFIGS[name]
+            iters = args.budget // (fields["meta_batch"] * fields["inner_iters"] *
+                                    fields["inner_batch"])
+            futures.append(pool.submit(run, name, fields, iters, os.path.join(root, name),
+                                       args.eval_samples))
+        for future in futures:
+            name, iters, r, curve = future.result()
+            results[name] = dict(config=CONFIGS[name], meta_iters=iters, curve=curve,
+                                 test=r["test"], train=r["train"],
+                                 train_seconds=r["train_seconds"])
+            print(f"{name:18s} iters {iters:5d}  test {100 * r['test']['accuracy']:.1f} "
+                  f"+/- {100 * r['test']['ci95']:.1f}%  curve "
+                  + " ".join(f"{c['iteration']}:{100 * c['test']:.0f}" for c in curve)
+                  + f"  ({r['train_seconds']:.0f} s)", flush=True)
+    checkpoint.make_folder(os.path.dirname(os.path.abspath(args.out)), "--out")
+    checkpoint.write_json(args.out, dict(budget=args.budget, seconds=time.time() - t0,
+                                         runs=results))
 
 
 if __name__ == "__main__":
