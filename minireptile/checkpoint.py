@@ -132,10 +132,29 @@ def atomic_path(path):
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_folder(folder)                            # the rename itself, on disk
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):                     # a full disk, ulimit -f, ...
+            kept = "its previous content is kept" if os.path.exists(path) else "not written"
+            raise UserError(f"{path}: cannot write it ({exc.strerror or exc}); {kept}") \
+                from None
         raise
+
+
+def _fsync_folder(folder):
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -208,7 +227,8 @@ def alive(pid):
 
 
 def save(folder, theta, optimizer_state, rng, iteration, config):
-    """Write folder/checkpoint.npz atomically (theta and states as host arrays)."""
+    """Write folder/checkpoint.npz atomically (theta and states as host arrays); config
+    names its kind (``kind``)."""
     os.makedirs(folder, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": int(iteration),
             "config": config, "rng": rng.bit_generator.state, "writer": process_name()}
@@ -217,10 +237,20 @@ def save(folder, theta, optimizer_state, rng, iteration, config):
     atomic_write(os.path.join(folder, FILENAME), lambda f: np.savez(f, **arrays))
 
 
-def load(folder):
+KINDS = {"fewshot": "a few-shot training checkpoint (minireptile train)",
+         "sine": "a sine checkpoint (minireptile theory)"}
+
+
+def kind(config):
+    """What wrote a checkpoint, from its configuration: 'fewshot' or 'sine'."""
+    return config.get("kind") or ("fewshot" if "dataset" in config else "sine")
+
+
+def load(folder, expect=None):
     """(theta, optimizer_state, rng, iteration, config) from folder/checkpoint.npz.
 
-    Raises UserError naming the file when it is missing, corrupt or not a checkpoint.
+    Raises UserError naming the file when it is missing, corrupt, not a checkpoint, or (with
+    expect, a key of KINDS) of another kind, naming both.
     """
     path = os.path.join(folder, FILENAME)
     if not os.path.exists(path):
@@ -233,12 +263,24 @@ def load(folder):
     except _UNREADABLE as exc:
         raise UserError(f"{path}: corrupt checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or \
+            meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: not a minireptile checkpoint of format version "
                         f"{FORMAT_VERSION}")
+    iteration, config = meta.get("iteration"), meta.get("config")
+    if type(iteration) is not int or iteration < 0 or not isinstance(config, dict) or \
+            theta.ndim != 1 or not np.issubdtype(theta.dtype, np.floating):
+        raise UserError(f"{path}: malformed checkpoint (its iteration, configuration or "
+                        f"theta is not what minireptile writes)")
+    if expect is not None and kind(config) != expect:
+        raise UserError(f"{path}: {KINDS[kind(config)]}, not {KINDS[expect]}")
     rng = np.random.default_rng()
-    rng.bit_generator.state = meta["rng"]
-    return theta, state, rng, meta["iteration"], meta["config"]
+    try:
+        rng.bit_generator.state = meta["rng"]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: malformed checkpoint (its random generator's state)") \
+            from None
+    return theta, state, rng, iteration, config
 
 
 def writer(folder):
@@ -267,6 +309,14 @@ def make_folder(folder, what="folder"):
         raise UserError(f"{what} {folder}: cannot be made ({exc.strerror})") from None
 
 
+def output_file(path, what="output"):
+    """Before any work: path can be written as a file (its folder made when missing), or a
+    one-line UserError naming `what`."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path}: is a folder; give a file name")
+    make_folder(os.path.dirname(os.path.abspath(path)), what)
+
+
 def exists(folder):
     return folder is not None and os.path.exists(os.path.join(folder, FILENAME))
 
@@ -278,12 +328,28 @@ def append_log(folder, record):
 
 
 def read_log(folder, upto=None):
-    """The evaluation records of folder/log.jsonl (those with iteration <= upto)."""
+    """The evaluation records of folder/log.jsonl (those with iteration <= upto).
+
+    A last line cut short (a crash while appending) is dropped with a warning on stderr;
+    a broken line before the last is a UserError naming the file and the line."""
     path = os.path.join(folder, LOGNAME)
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or type(record.get("iteration")) is not int:
+                raise ValueError("no iteration")
+        except ValueError:
+            if n == len(lines):
+                print(f"warning: {path}: its last line is cut short (a crash's); dropped",
+                      file=sys.stderr)
+                break
+            raise UserError(f"{path}: line {n} is not an evaluation record") from None
+        records.append(record)
     return [r for r in records if upto is None or r["iteration"] <= upto]
 
 

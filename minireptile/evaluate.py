@@ -175,10 +175,7 @@ def final(model, theta, optimizer, ds, cfg, stream=None, seed=None, splits=("tra
 def load_trained(folder):
     """(cfg, theta on the device, inner optimizer with its saved state, iteration) of the
     checkpoint in folder; its configuration decides the model and the optimizer."""
-    theta, state, _, iteration, config = checkpoint.load(folder)
-    if not isinstance(config, dict) or not {"classes", "dataset"} <= set(config):
-        raise UserError(f"{folder}: not a few-shot training checkpoint (its configuration "
-                        f"names no classes and dataset)")
+    theta, state, _, iteration, config = checkpoint.load(folder, expect="fewshot")
     cfg = from_saved(config)
     optimizer = inner_optimizer(cfg)
     if isinstance(optimizer, Adam):
@@ -203,7 +200,7 @@ def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_sa
     if comm.rank != 0:
         stream = open(os.devnull, "w")
     if out:
-        checkpoint.make_folder(os.path.dirname(os.path.abspath(out)), "--out")
+        checkpoint.output_file(out, "--out")
     cfg, theta, optimizer, iteration = load_trained(folder)
     for name, value in (("shots", shots), ("eval_batch", eval_batch),
                         ("eval_iters", eval_iters), ("eval_samples", eval_samples)):

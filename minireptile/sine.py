@@ -188,8 +188,7 @@ def run(cfg, out, stream=None, comm=LOCAL):
     returns the JSON's content (on the processes other than rank 0, None).
     """
     cfg = cfg.resolved()
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} exists and is not a folder")
+    checkpoint.make_folder(out, "--out")
     model, theta0, held_out = initial(cfg)
     valid = sample(backend.make_rng((cfg.seed, 2)), 25)
     progress = Validated(cfg.meta_iters, lambda th: validate(model, th, valid, cfg),
@@ -210,7 +209,6 @@ def run(cfg, out, stream=None, comm=LOCAL):
                 "train_seconds": round(seconds, 2),
                 "losses": {name: {str(s): v for s, v in losses.items()}
                            for name, (losses, _) in results.items()}}
-    os.makedirs(out, exist_ok=True)
     checkpoint.write_json(os.path.join(out, f"sine-{cfg.algo}.json"), document)
     checkpoint.atomic_write(os.path.join(out, f"theta-{cfg.algo}.npy"),
                             lambda f: np.save(f, backend.to_host(theta)))

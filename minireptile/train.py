@@ -133,7 +133,8 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
                 augment=None if cfg.augment else False)
     check_tasks(ds, "test", cfg.classes, cfg.shots, num_query=1)
     check_memory(model, cfg, len(tasks))
-    config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}")
+    config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}",
+                  kind="fewshot")
     optimizer, outer = inner_optimizer(cfg), outer_optimizer(cfg)
     resumed = comm.from_root(lambda: _open_checkpoint(checkpoint_dir, config))
     if resumed:
@@ -204,7 +205,7 @@ def run(cfg, folder=None, data=None, stream=None, comm=LOCAL, stop_at=None, out=
     if comm.rank != 0:
         stream = open(os.devnull, "w")
     if out:
-        checkpoint.make_folder(os.path.dirname(os.path.abspath(out)), "--out")
+        checkpoint.output_file(out, "--out")
     ds, model = load_data(data, cfg.dataset), build_model(cfg)
     print(f"minireptile train {cfg.dataset}: {cfg.algo}, {cfg.classes}-way {cfg.shots}-shot, "
           f"{cfg.meta_iters} meta-iterations of {cfg.meta_batch} tasks x {cfg.inner_iters} "
@@ -267,14 +268,12 @@ def _open_checkpoint(folder, config):
     """(theta, optimizer state, iteration) of the checkpoint in folder to resume, after
     checking that it is this run's; None (making the folder) when there is none."""
     if checkpoint.exists(folder):
-        theta, state, _, start, saved = checkpoint.load(folder)
+        theta, state, _, start, saved = checkpoint.load(folder, expect="fewshot")
         refuse_mismatch(folder, saved, config, start)
         checkpoint.truncate_log(folder, start)
         return theta, state, start
     if folder:
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise UserError(f"--checkpoint {folder}: exists and is not a folder")
-        os.makedirs(folder, exist_ok=True)
+        checkpoint.make_folder(folder, "--checkpoint")
     return None
 
 

@@ -1,6 +1,4 @@
 """``minireptile gradcheck``: finite-difference checks of every pass and meta-gradient."""
-import json
-
 from .. import backend, checkpoint, gradcheck
 from . import add_device_flags
 
@@ -30,6 +28,8 @@ def register(subparsers):
 
 def run(args):
     backend.set_backend(args.device, dtype="float64")
+    if args.json:
+        checkpoint.output_file(args.json, "--json")
     families = gradcheck.FAMILIES if args.model == "all" else (args.model,)
     rows = gradcheck.run_checks(families, xp=backend.xp(), seed=args.seed)
     print(f"minireptile gradcheck: {', '.join(families)} on {backend.device()}, "
@@ -38,6 +38,5 @@ def run(args):
     if args.json:
         table = {"device": backend.device(), "seed": args.seed, "families": list(families),
                  "rows": [r._asdict() for r in rows]}
-        checkpoint.atomic_write(args.json, lambda f: f.write(json.dumps(table, indent=1)
-                                                             .encode()))
+        checkpoint.write_json(args.json, table)
     return 0 if all(r.passed for r in rows) else 1

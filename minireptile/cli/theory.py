@@ -14,8 +14,6 @@ checkpoint, the in-process Reptile run's theta is written there). Each experimen
 tables, writes JSON and, with matplotlib, a figure.
 """
 import argparse
-import json
-import os
 import time
 
 from . import add_device_flags
@@ -117,14 +115,15 @@ def problem_of(args):
     from ..theory import omniglot_problem, sine_problem
     saved = None
     if checkpoint.exists(args.checkpoint):
-        saved = checkpoint.load(args.checkpoint)
+        saved = checkpoint.load(args.checkpoint, expect="sine" if args.model == "sine" else
+                                "fewshot")
     elif args.model == "omniglot" and args.experiment != "manifold":
         raise UserError("--model omniglot measures a meta-trained theta: give --checkpoint DIR "
                         "of `minireptile train omniglot --checkpoint DIR`")
     if args.model == "sine":
         problem = sine_problem(alpha=args.alpha)
     else:
-        from .train import load_data
+        from ..config import load_data
         config = saved[4] if saved else {}
         problem = omniglot_problem(load_data(args.data, "omniglot"), config.get("classes", 5),
                                    config.get("train_shots", 10) or 10,
@@ -154,7 +153,8 @@ def thetas(args, problem, saved):
         print(f"  {time.time() - t0:.0f} s", flush=True)
         if args.checkpoint:
             checkpoint.save(args.checkpoint, saved, {}, rng, args.meta_iters,
-                            {"model": "sine", "trainer": "minireptile theory (Reptile)",
+                            {"kind": "sine", "model": "sine",
+                             "trainer": "minireptile theory (Reptile)",
                              "meta_iters": args.meta_iters, "inner_iters": args.inner_iters,
                              "alpha": args.alpha, "meta_batch": 10, "seed": args.seed})
     return {"random": random, "trained": backend.to_device(saved, backend.dtype())}
@@ -185,6 +185,9 @@ def measure(args, problem, saved):
 def run(args):
     from ..theory import render
     settings(args)
+    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            checkpoint.output_file(path, flag)
     backend.set_backend(args.device, args.dtype)
     problem, saved = problem_of(args)
     t0, cpu0 = time.time(), time.process_time()
@@ -203,7 +206,7 @@ def write(args, out):
     from ..theory import plot
     stem = f"theory-{args.experiment}-{args.model}"
     path = args.json or stem + ".json"
-    checkpoint.atomic_write(path, lambda f: f.write(json.dumps(out, indent=1).encode()))
+    checkpoint.write_json(path, out)
     print(f"wrote {path}")
     try:
         import matplotlib
@@ -212,11 +215,5 @@ def write(args, out):
         return
     matplotlib.use("Agg")
     path = args.plot or stem + ".png"
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.png")
-    try:
-        plot(args.experiment, out["report"], tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    checkpoint.atomic_write(path, lambda f: plot(args.experiment, out["report"], f))
     print(f"wrote {path}")

@@ -116,6 +116,8 @@ def register(sub):
     for name in EVALUATION:
         e.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                        help="default: the checkpoint's")
+    e.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="not allowed: N is the checkpoint's (its last layer has N outputs)")
     e.add_argument("--transductive", action="store_true", help="transductive evaluation")
     e.add_argument("--split", choices=("train", "test", "both"), default="both",
                    help="classes to evaluate on (default both)")
@@ -193,17 +195,18 @@ def pretrained(args):
 
 def check_output(folder, out):
     """Before any work: the checkpoint folder and --out's folder exist (made when missing),
-    or a one-line UserError when they cannot (a file in the way, no permission)."""
+    or a one-line UserError when they cannot be (a file in the way, no permission)."""
     if folder is not None:
         checkpoint.make_folder(folder, "--checkpoint")
     if out is not None:
-        if os.path.isdir(out):
-            raise UserError(f"--out {out}: is a folder; give a file name such as "
-                            f"{os.path.join(out, 'results.json')}")
-        checkpoint.make_folder(os.path.dirname(os.path.abspath(out)), "--out")
+        checkpoint.output_file(out, "--out")
 
 
 def run_eval(args):
+    if args.classes is not None:
+        trained = checkpoint.load(args.checkpoint, expect="fewshot")[4]["classes"]
+        raise UserError(f"--classes {args.classes}: N is fixed by the checkpoint, "
+                        f"{args.checkpoint} classifies {trained}-way tasks (drop --classes)")
     backend.set_backend(args.device, args.dtype)
     check_output(None, args.out)
     comm = start_distributed(args)

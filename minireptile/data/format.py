@@ -114,7 +114,8 @@ class Dataset:
         if self._file is None:
             return self.images[indices]
         unique, inverse = np.unique(indices, return_inverse=True)    # h5py wants sorted
-        return self.images[unique][inverse.reshape(indices.shape)]
+        return _record(self.path, "images", lambda: self.images[unique])[
+            inverse.reshape(indices.shape)]
 
     def close(self):
         """Close the file of a lazy dataset (no-op in memory)."""
@@ -165,13 +166,37 @@ def _read(path, f, lazy):
     missing = [k for k in ("images", "offsets", "class_names", "split") if k not in f]
     if missing:
         raise UserError(f"{path}: damaged dataset, missing {', '.join(missing)}")
-    images = f["images"] if lazy else f["images"][()]
-    offsets = f["offsets"][()].astype(np.int64)
-    class_names = [s.decode() if isinstance(s, bytes) else str(s) for s in f["class_names"][()]]
-    splits = {k: [int(c) for c in f["split"][k][()]] for k in SPLITS if k in f["split"]}
+    images = f["images"] if lazy else _record(path, "images", lambda: f["images"][()])
+    offsets = _integers(path, "offsets", f["offsets"])
+    class_names = _record(path, "class_names", lambda: [
+        s.decode() if isinstance(s, bytes) else str(s) for s in f["class_names"][()]])
+    if not isinstance(f["split"], _h5py().Group):
+        raise UserError(f"{path}: damaged dataset, 'split' is not a group of class lists")
+    splits = {k: [int(c) for c in _integers(path, f"split/{k}", f["split"][k])]
+              for k in SPLITS if k in f["split"]}
     attrs = {k: _plain(v) for k, v in f.attrs.items()}
     _check(path, images, offsets, class_names, splits)
     return Dataset(path, images, offsets, class_names, splits, attrs, f if lazy else None)
+
+
+def _record(path, name, read):
+    """read() of one record of the file, its damage (a corrupt compressed chunk, a wrong
+    type) a UserError naming the file and the record."""
+    try:
+        return read()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}: damaged dataset, record '{name}' cannot be read "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                        ) from None
+
+
+def _integers(path, name, dataset):
+    """An integer record as int64, or a UserError naming it (strings, floats, damage)."""
+    values = _record(path, name, lambda: np.asarray(dataset[()]))
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise UserError(f"{path}: damaged dataset, record '{name}' holds {values.dtype} "
+                        f"{tuple(values.shape)}, expected a list of integers")
+    return values.astype(np.int64)
 
 
 def _plain(value):

@@ -48,7 +48,7 @@ class Session:
         self.records, self.reused = [], []
         self.pending = {}                 # output path -> the process holding its run
         self.partial, self.missing = partial, []
-        os.makedirs(self.folder, exist_ok=True)
+        checkpoint.make_folder(self.folder, "--out")
 
     def path(self, *parts):
         return os.path.join(self.folder, *parts)

@@ -109,7 +109,7 @@ def render(experiment, report):
 
 
 def plot(experiment, report, path):
-    """Write the experiment's figure to path (PNG)."""
+    """Write the experiment's figure to path (a file name or a binary file object; PNG)."""
     import matplotlib.pyplot as plt
     fig = {"coefficients": _plot_coefficients, "spectrum": _plot_spectrum,
            "manifold": _plot_manifold}[experiment](plt, report)
