@@ -1,4 +1,5 @@
-"""`minireptile demo`: preprocessing, the learner, the server's answers, the page in Chromium.
+"""`minireptile demo`: preprocessing, the learner, the server's answers and protections, the page
+in Chromium.
 
 The browser test draws held-out Omniglot characters (the real 105x105 originals, thinned to
 centre lines and traced into strokes) on the page with pointer events, presses "learn" and
@@ -6,6 +7,7 @@ reads the predicted class; it needs Chromium, chromedriver and Selenium (`apt-ge
 chromium chromium-driver`, `pip install selenium`), and skips with a reason without them.
 With MINIREPTILE_DEMO_SCREENSHOTS=DIR it saves the page's screenshots there (docs/ holds them).
 """
+import contextlib
 import http.client
 import io
 import json
@@ -13,9 +15,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,12 +29,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minireptile import backend
+from minireptile import backend, parallel
 from minireptile.cli import main
 from minireptile.cli.demo import SHIPPED, load_learner
 from minireptile.data import embedded_omniglot, load_dataset
-from minireptile.demo import preprocess
-from minireptile.demo.server import MAX_BODY, DemoApp, make_server
+from minireptile.demo import preprocess, server as demo_server
+from minireptile.demo.server import (MAX_BODY, MAX_POINTS, MAX_STROKES, THREADS, DemoApp,
+                                     make_server)
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
@@ -135,6 +140,45 @@ def test_the_model_sees_black_strokes_on_white_wherever_and_however_large_it_was
     np.testing.assert_array_equal(preprocess.drawing_to_input(moved), x)
 
 
+def render_segment_by_segment(strokes, size=105, r=2.5):
+    """render's definition, a segment at a time (as it was first written): the strokes
+    thinned to 1-pixel steps, each segment's window of pixels tested on its own."""
+    ink = np.zeros((size, size), bool)
+    for s in strokes:
+        keep = [0]
+        for i in range(1, len(s)):
+            if np.abs(s[i] - s[keep[-1]]).max() >= 1 or i == len(s) - 1:
+                keep.append(i)
+        s = s[keep]
+        for a, b in zip(s, s[1:]) if len(s) > 1 else [(s[0], s[0])]:
+            x0, y0 = np.maximum(np.floor(np.minimum(a, b) - r), 0).astype(int)
+            x1, y1 = np.minimum(np.ceil(np.maximum(a, b) + r), size).astype(int)
+            if x0 >= x1 or y0 >= y1:
+                continue                                        # off the image
+            py, px = np.mgrid[y0:y1, x0:x1] + 0.5
+            d = b - a
+            t = np.clip(((px - a[0]) * d[0] + (py - a[1]) * d[1]) / max(d @ d, 1e-12), 0, 1)
+            ink[y0:y1, x0:x1] |= (px - a[0] - t * d[0]) ** 2 + (py - a[1] - t * d[1]) ** 2 \
+                <= r * r
+    return ink
+
+
+def test_render_inks_the_pixels_a_segment_at_a_time_would(rng):
+    """The vectorised render, pixel for pixel: dots, repeated points, strokes long and short,
+    in the frame and across its edges."""
+    for _ in range(60):
+        strokes = []
+        for _ in range(rng.integers(1, 5)):
+            points = rng.integers(1, 40)
+            if rng.random() < 0.5:                           # scattered: long segments
+                s = rng.uniform(-20, 125, (points, 2))
+            else:                                            # a walk: short ones, repeats
+                s = 50 + np.cumsum(np.round(rng.normal(0, 2, (points, 2)), 1), axis=0)
+            strokes.append(s)
+        np.testing.assert_array_equal(preprocess.render(strokes),
+                                      render_segment_by_segment(strokes))
+
+
 @needs_omniglot
 def test_traced_omniglot_characters_redraw_their_originals(originals):
     """Centre lines drawn back at WIDTH cover the original strokes: the same stroke width."""
@@ -152,7 +196,7 @@ def test_traced_omniglot_characters_redraw_their_originals(originals):
 def shipped():
     """(Learner, N, description) of the shipped checkpoint, on one BLAS thread as the CLI has it."""
     backend.set_backend("cpu")
-    backend.set_threads(1)
+    parallel.set_threads(1)
     return load_learner(SHIPPED, None, 1, None, seed=0)
 
 
@@ -173,21 +217,40 @@ def test_learner_watches_every_step_and_predicts_as_evaluate_does(shipped):
 
 # ---------------------------------------------------------------- the server's answers
 
-@pytest.fixture(scope="module")
-def server(shipped):
+@contextlib.contextmanager
+def serving(shipped, **options):
+    """A demo server (make_server's options) of the shipped learner, 3-way 1-shot, on a free
+    port, serving in a thread while the block runs."""
     learner, classes, model = shipped
-    httpd = make_server(DemoApp(learner, classes, 1, model), port=0)
+    httpd = make_server(DemoApp(learner, classes, 1, model), port=0, **options)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
-def request(port, path, body=None, method=None, headers=None):
+@pytest.fixture(scope="module")
+def httpd(shipped):
+    with serving(shipped) as httpd:
+        yield httpd
+
+
+@pytest.fixture(scope="module")
+def server(httpd):
+    """The port of the module's demo server."""
+    return httpd.server_address[1]
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def request(port, path, body=None, method=None, headers=JSON):
     """(status, JSON reply) of one request; body: bytes sent as they are."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
-                                 headers=headers or {})
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as reply:
             return reply.status, json.load(reply)
@@ -220,6 +283,10 @@ DOT, LINE = [[[5, 5]]], [[[0, 0], [10, 10]]]
      "POST", 400, "class 3: a stroke must be"),
     ("/preview", json.dumps({"drawing": [[[1, 2, 3]]]}).encode(), "POST", 400,
      "drawing: a stroke must be"),
+    pytest.param("/learn", json.dumps({"support": [LINE] * 3, "query": DOT * 101}).encode(),
+                 "POST", 400, "query: 101 strokes; a drawing may have at most 100",
+                 id="learn-query-of-101-strokes"),
+    ("/learn", None, "OPTIONS", 501, "Unsupported method ('OPTIONS')"),   # no CORS preflight
 ])
 def test_bad_requests_get_a_4xx_answer_and_the_server_keeps_serving(server, path, body,
                                                                     method, status, message):
@@ -231,6 +298,7 @@ def test_bad_requests_get_a_4xx_answer_and_the_server_keeps_serving(server, path
 def test_oversized_and_unsized_bodies_are_refused_unread(server):
     conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
     conn.putrequest("POST", "/learn")
+    conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", str(MAX_BODY + 1))
     conn.endheaders(b"{}")                                  # the rest never comes
     reply = conn.getresponse()
@@ -238,6 +306,7 @@ def test_oversized_and_unsized_bodies_are_refused_unread(server):
     conn.close()
     conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
     conn.putrequest("POST", "/preview")
+    conn.putheader("Content-Type", "application/json")
     conn.endheaders()
     reply = conn.getresponse()
     assert reply.status == 411 and "Content-Length" in json.load(reply)["error"]
@@ -255,6 +324,235 @@ def test_preview_and_learn_answer_with_what_the_model_sees(server):
     for image, drawing in zip(reply["support"] + [reply["query"]], drawings + [LINE]):
         np.testing.assert_array_equal(image, preprocess.drawing_to_input(drawing)[..., 0])
     assert reply["meta"]["predicted"] == 0 and reply["seconds"] > 0      # its own drawing
+
+
+# ---------------------------------------------------------------- the server's protections
+
+def exchange(port, method, path, headers, body=None):
+    """(status, JSON reply) of one request with exactly these headers, Host included (values
+    str, or bytes sent as they are); body: bytes, with its Content-Length unless headers
+    have one."""
+    if body is not None and "Content-Length" not in headers:
+        headers = {**headers, "Content-Length": str(len(body))}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    with contextlib.closing(conn):
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        return reply.status, json.load(reply)
+
+
+DOT_BODY = json.dumps({"drawing": DOT}).encode()
+
+
+def short(value):
+    """A test's id for a parameter: itself, or its start and length if it is long."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)})"
+
+
+@pytest.mark.parametrize("host, status", [
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200),
+    ("localhost", 200), ("LocalHost:{port}", 200),
+    ("evil.example", 403), ("evil.example:{port}", 403),            # a name rebound to us
+    ("127.0.0.1.evil.example:{port}", 403), ("localhost:1{port}", 403), (None, 403),
+])
+def test_only_requests_to_a_local_name_are_answered(server, host, status):
+    """DNS rebinding: a page whose name now points at 127.0.0.1 sends that name in Host; it
+    can neither read the answers (GET /config) nor drive the model (POST /preview)."""
+    headers = {} if host is None else {"Host": host.format(port=server)}
+    got = [exchange(server, "GET", "/config", headers),
+           exchange(server, "POST", "/preview", {**headers, **JSON}, DOT_BODY)]
+    assert [status for status, _ in got] == [status, status], got
+    assert status == 200 or all("refused" in reply["error"] for _, reply in got)
+    assert request(server, "/config")[0] == 200
+
+
+@pytest.mark.parametrize("origin, status", [
+    ("http://127.0.0.1:{port}", 200), ("http://localhost:{port}", 200),
+    ("http://[::1]:{port}", 200), (None, 200),
+    ("http://evil.example", 403), ("http://evil.example:{port}", 403), ("null", 403),
+    ("https://127.0.0.1:{port}", 403), ("http://localhost:1{port}", 403),
+])
+def test_requests_from_other_pages_are_refused(server, origin, status):
+    """A page of another site that posts here directly: the browser says where from (Origin)."""
+    headers = {"Host": f"127.0.0.1:{server}", **JSON}
+    if origin is not None:
+        headers["Origin"] = origin.format(port=server)
+    got = [exchange(server, "POST", "/preview", headers, DOT_BODY),
+           exchange(server, "GET", "/config", headers)]
+    assert [status for status, _ in got] == [status, status], got
+    assert status == 200 or all("refused" in reply["error"] for _, reply in got)
+    assert request(server, "/config")[0] == 200
+
+
+@pytest.mark.parametrize("content_type, status", [
+    ("application/json", 200), ("application/json; charset=utf-8", 200),
+    ("Application/JSON", 200),
+    ("text/plain", 415), ("text/plain; charset=utf-8", 415),          # a form or fetch may
+    ("application/x-www-form-urlencoded", 415), ("multipart/form-data; boundary=x", 415),
+    (None, 415),
+])
+def test_posts_must_be_declared_json(server, content_type, status):
+    """The content types another site's page may post without a CORS preflight are refused."""
+    headers = {"Host": f"127.0.0.1:{server}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    got, reply = exchange(server, "POST", "/preview", headers, DOT_BODY)
+    assert got == status, reply
+    assert status == 200 or "Content-Type: application/json" in reply["error"]
+    assert request(server, "/config")[0] == 200
+
+
+def zigzag(n):
+    """A stroke of n points, none repeated next to its neighbour."""
+    return [[i % 2, i % 3] for i in range(n)]
+
+
+@pytest.mark.parametrize("drawing, status, message", [
+    ([[[i, 0]] for i in range(MAX_STROKES)], 200, None),
+    ([[[i, 0]] for i in range(MAX_STROKES + 1)], 400,
+     f"drawing: {MAX_STROKES + 1} strokes; a drawing may have at most {MAX_STROKES}"),
+    ([zigzag(MAX_POINTS)], 200, None),
+    ([zigzag(MAX_POINTS + 1)], 400,
+     f"drawing: {MAX_POINTS + 1} points; a drawing may have at most {MAX_POINTS}"),
+    ([zigzag(1000), zigzag(MAX_POINTS - 999)], 400, f"{MAX_POINTS + 1} points"),
+    ([[[0, 0]] * 172_550], 400, "172550 points"),     # the review's 1 MiB drawing (48 s once)
+], ids=["100-strokes", "101-strokes", "2000-points", "2001-points", "2001-in-2-strokes",
+        "172550-points"])
+def test_drawings_over_the_caps_are_refused(server, drawing, status, message):
+    body = json.dumps({"drawing": drawing}, separators=(",", ":")).encode()
+    assert len(body) <= MAX_BODY
+    got, reply = request(server, "/preview", body)
+    assert got == status, reply
+    assert status == 200 or reply["error"] == message or message in reply["error"]
+    assert request(server, "/config")[0] == 200
+
+
+@pytest.mark.parametrize("number, status, message", [
+    ("1e6", 200, None), ("-1000000", 200, None),
+    ("1" + "0" * 400, 400, "a stroke must be"),           # 10**400: no float holds it
+    ("-1" + "0" * 400, 400, "a stroke must be"),
+    ("9" * 5000, 400, "a stroke must be"),                # more digits than int() reads
+    ("1e308", 400, "a stroke must be"), ("-1e308", 400, "a stroke must be"),
+    ("1000000.5", 400, "a stroke must be"), ("1e999", 400, "a stroke must be"),
+    ("Infinity", 400, "Infinity is not a number"), ("-Infinity", 400, "is not a number"),
+    ("NaN", 400, "NaN is not a number"), ("true", 400, "a stroke must be"),
+], ids=short)
+def test_numbers_out_of_range_are_refused(server, number, status, message):
+    """Coordinates are floats within +/-1e6; anything else is a 400, not a 500 (an integer
+    too large for a float) nor a blank image (+/-1e308: a bounding box of infinite size)."""
+    body = b'{"drawing": [[[-1e6, 0], [%s, %s]]]}' % (number.encode(), number.encode())
+    got, reply = request(server, "/preview", body)
+    assert got == status, reply
+    assert status == 200 or message in reply["error"]
+    assert request(server, "/config")[0] == 200
+
+
+def test_a_request_target_with_no_path_is_refused(server):
+    """An absolute target whose address, an IPv6 one, is never closed: urlsplit raises."""
+    got, reply = exchange(server, "GET", "http://[x/config", {"Host": f"127.0.0.1:{server}"})
+    assert (got, reply) == (400, {"error": "bad request target 'http://[x/config'"})
+    assert request(server, "/config")[0] == 200
+
+
+@pytest.mark.parametrize("length", ["\u0661\u0662".encode(), "\u00b2".encode("latin-1"),
+                                    b"1" * 5000, b"-1", b"0x10", b"12abc", b""], ids=short)
+def test_malformed_content_lengths_are_refused(server, length):
+    """Only ASCII digits: int() also reads Arabic-Indic digits and fails on a superscript two
+    (which str.isdigit() allows) and on 5000 digits."""
+    headers = {"Host": f"127.0.0.1:{server}", **JSON, "Content-Length": length}
+    got, reply = exchange(server, "POST", "/preview", headers, b"{}")
+    assert (got, "bad Content-Length" in reply["error"]) == (400, True), reply
+    assert request(server, "/config")[0] == 200
+
+
+def test_drawings_are_checked_converted_and_learned_from_under_the_lock(httpd, server,
+                                                                        monkeypatch):
+    """Requests in other threads wait for the one doing CPU work: each step holds the lock."""
+    app, held = httpd.app, []
+
+    def watched(fn):
+        def call(*args):
+            held.append(app.lock.locked())
+            return fn(*args)
+        return call
+    for name in ("_drawing", "drawing_to_input"):
+        monkeypatch.setattr(demo_server, name, watched(getattr(demo_server, name)))
+    monkeypatch.setattr(app.learner, "learn", watched(app.learner.learn))
+    assert request(server, "/preview", DOT_BODY)[0] == 200
+    assert request(server, "/learn", json.dumps({"support": [LINE, DOT, LINE],
+                                                 "query": DOT}).encode())[0] == 200
+    assert held == [True] * (2 + 4 + 4 + 1)        # preview: check, convert; learn: 4 + 4 + 1
+
+
+def trickle(port, head, tail, every=0.1, limit=20):
+    """Send head, then tail a byte every `every` seconds, until the server closes the
+    connection: (what it answered, seconds from connecting to the close), or (answer, None)
+    if it has not closed after limit seconds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=every) as sock:
+        start, answer, sent = time.monotonic(), b"", 0
+        sock.sendall(head)
+        while time.monotonic() - start < limit:
+            try:
+                if sent < len(tail):
+                    sock.sendall(tail[sent:sent + 1])
+                    sent += 1
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        else:
+            return answer, None
+        return answer, time.monotonic() - start
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_a_client_too_slow_to_send_its_request_is_cut_off(shipped, slow):
+    """A byte every 0.1 s keeps any timeout per read happy; the request as a whole has a
+    deadline (1 s here): slow headers are dropped, a slow body gets a 408."""
+    with serving(shipped, deadline=1) as httpd:
+        port = httpd.server_address[1]
+        head = (f"POST /preview HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                f"application/json\r\nContent-Length: 400\r\n").encode()
+        if slow == "headers":
+            tail = b"X-Slow: " + b"a" * 400
+        else:
+            head, tail = head + b"\r\n", b" " * 400
+        answer, seconds = trickle(port, head, tail)
+        assert seconds is not None, f"still connected after 20 s (deadline 1 s): {answer}"
+        if slow == "headers":
+            assert answer == b""
+        else:
+            assert answer.startswith(b"HTTP/1.0 408 ") and answer.endswith(
+                b'{"error": "the request did not come within 1 s"}'), answer
+        assert request(port, "/config")[0] == 200
+
+
+def test_a_connection_beyond_the_threads_is_answered_503(server):
+    """THREADS clients that connect and send nothing hold every thread (until the deadline);
+    one more is answered 503 at once and closed. When they hang up, requests are served."""
+    idle = [socket.create_connection(("127.0.0.1", server), timeout=30) for _ in range(THREADS)]
+    try:
+        with socket.create_connection(("127.0.0.1", server), timeout=30) as extra:
+            answer = b"".join(iter(lambda: extra.recv(4096), b""))
+    finally:
+        for sock in idle:
+            sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 503 "), answer
+    assert json.loads(body) == {"error": f"the demo server is busy ({THREADS} connections); "
+                                         f"try again"}
+    start = time.monotonic()
+    while request(server, "/config")[0] == 503 and time.monotonic() - start < 30:
+        time.sleep(0.05)                                # their threads are ending
+    assert request(server, "/config")[0] == 200
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(server, capsys):

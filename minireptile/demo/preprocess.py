@@ -22,6 +22,7 @@ FRAME = 105         # Omniglot's original images: 105 x 105
 BOX = 64            # long side of a character's bounding box in the frame (Omniglot's median)
 WIDTH = 5.0         # stroke width in the frame (Omniglot's, measured as the narrowest ink run)
 SIZE = 28           # the model's input (the packer's 28 x 28)
+CHUNK = 1 << 15     # pixels render measures at once: float arrays of 256 kB stay in cache
 
 
 def fit_to_frame(strokes):
@@ -45,32 +46,71 @@ def render(strokes, size=FRAME, width=WIDTH):
     strokes: float arrays (n_i, 2) of (x, y) in pixels, (0, 0) the image's top-left corner.
     Distance from pixel centre p to segment a-b: |p - (a + t (b - a))| with
     t = clip((p - a).(b - a) / |b - a|^2, 0, 1); a segment with a = b is a dot. Each segment
-    is drawn in the window of pixels its width can reach.
+    is measured in the window of pixels its width can reach; windows of similar size are
+    measured together, in NumPy arrays of at most CHUNK pixels.
     """
-    ink, r = np.zeros((size, size), bool), width / 2
+    a, b = segments(strokes)
+    r = width / 2
+    lo = np.maximum(np.floor(np.minimum(a, b) - r), 0).astype(np.int64)   # windows: [lo, hi)
+    hi = np.minimum(np.ceil(np.maximum(a, b) + r), size).astype(np.int64)
+    on = np.flatnonzero((hi > lo).all(axis=1))                             # on the image
+    ink = np.zeros(size * size, bool)
+    for group in groups((hi - lo)[on].max(axis=1), CHUNK):
+        i = on[group]
+        ink[window_ink(a[i], b[i], lo[i], hi[i], r, size)] = True
+    return ink.reshape(size, size)
+
+
+def segments(strokes):
+    """The segments the strokes are drawn with, as end points a, b (m, 2): consecutive points
+    of each stroke thinned to 1-pixel steps; a stroke left with one point is a dot (a = b)."""
+    ends = []
     for s in strokes:
         s = thin(s, 1.0)
-        for a, b in zip(s, s[1:]) if len(s) > 1 else [(s[0], s[0])]:
-            x0, y0 = np.maximum(np.floor(np.minimum(a, b) - r), 0).astype(int)
-            x1, y1 = np.minimum(np.ceil(np.maximum(a, b) + r), size).astype(int)
-            if x0 >= x1 or y0 >= y1:
-                continue                                    # outside the image
-            py, px = np.mgrid[y0:y1, x0:x1] + 0.5           # pixel centres of the window
-            d = b - a
-            t = np.clip(((px - a[0]) * d[0] + (py - a[1]) * d[1]) / max(d @ d, 1e-12), 0, 1)
-            ink[y0:y1, x0:x1] |= (px - a[0] - t * d[0]) ** 2 + (py - a[1] - t * d[1]) ** 2 \
-                <= r * r
-    return ink
+        ends.append((s[:-1], s[1:]) if len(s) > 1 else (s, s))
+    return np.concatenate([e[0] for e in ends]), np.concatenate([e[1] for e in ends])
+
+
+def groups(sides, limit):
+    """Indices of windows measured together: those whose long side rounds up to the same
+    multiple of 8, side, as many as limit pixels hold when each is padded to side x side."""
+    rounded = -(-sides // 8) * 8
+    for side in np.unique(rounded):
+        members = np.flatnonzero(rounded == side)
+        step = max(limit // int(side) ** 2, 1)
+        for start in range(0, len(members), step):
+            yield members[start:start + step]
+
+
+def window_ink(a, b, lo, hi, r, size):
+    """Flat indices (y * size + x) of the pixels inked by segments a-b (m, 2) in their windows
+    [lo, hi) (m, 2), all measured at once in windows padded to the largest width and height.
+
+    A padded window is moved back where it would cross the image's edge; its extra pixels lie
+    at least r + 1/2 from the segment, so render's test, the same arithmetic, leaves them blank.
+    """
+    w, h = (hi - lo).max(axis=0)
+    x = np.minimum(lo[:, 0], size - w)[:, None, None] + np.arange(w)              # (m, 1, w)
+    y = np.minimum(lo[:, 1], size - h)[:, None, None] + np.arange(h)[:, None]     # (m, h, 1)
+    px, py = x + 0.5, y + 0.5                                                     # centres
+    ax, ay = a[:, 0, None, None], a[:, 1, None, None]
+    dx, dy = b[:, 0, None, None] - ax, b[:, 1, None, None] - ay
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0, 1)
+    near = (px - ax - t * dx) ** 2 + (py - ay - t * dy) ** 2 <= r * r
+    return (y * size + x)[near]
 
 
 def thin(points, spacing):
     """The points (n, 2) without those closer than spacing to the last one kept (the last
-    point is always kept): the same line within spacing, with fewer segments."""
-    keep, last = [0], points[0]
-    for i in range(1, len(points)):
-        if np.abs(points[i] - last).max() >= spacing or i == len(points) - 1:
+    point is always kept): the same line within spacing, with fewer segments. A loop over
+    Python floats: each point's fate depends on the last one kept."""
+    xy = points.tolist()
+    keep, (last_x, last_y) = [0], xy[0]
+    for i in range(1, len(xy)):
+        x, y = xy[i]
+        if max(abs(x - last_x), abs(y - last_y)) >= spacing or i == len(xy) - 1:
             keep.append(i)
-            last = points[i]
+            last_x, last_y = x, y
     return points[keep]
 
 

@@ -7,6 +7,10 @@
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
                 "#17becf", "#bcbd22", "#7f7f7f"];
 const REPLAY_MS = 1500;
+// Pointer positions closer than this (in pad widths) to a stroke's last point are left out:
+// a fast mouse or pen reports hundreds a second, and the server takes at most 2000 points a
+// drawing. For a character over 1/12 of a pad wide, the step is under a pixel of its 28x28.
+const MIN_STEP = 0.005;
 const state = {support: [], query: null, result: null, timer: null, learned: 0};
 
 function $(id) { return document.getElementById(id); }
@@ -71,8 +75,13 @@ function extendStroke(pad, e) {
   if (pad.current === null || e.pointerId !== pad.pointer) return;
   e.preventDefault();
   const coalesced = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
-  for (const ev of coalesced.length ? coalesced : [e]) pad.current.push(padPoint(pad, ev));
+  for (const ev of coalesced.length ? coalesced : [e]) addPoint(pad.current, padPoint(pad, ev));
   redraw(pad);
+}
+
+function addPoint(stroke, p) {
+  const last = stroke[stroke.length - 1];
+  if (Math.max(Math.abs(p[0] - last[0]), Math.abs(p[1] - last[1])) >= MIN_STEP) stroke.push(p);
 }
 
 function endStroke(pad, e) {
