@@ -4,7 +4,9 @@ The real Omniglot data ships inside the package (minireptile/assets/omniglot.h5)
 tests always run on real data.
 """
 import dataclasses
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minireptile import checkpoint
+from minireptile import backend, checkpoint
 from minireptile.cli import main
-from minireptile.cli.train import load_data
+from minireptile.config import TrainConfig, load_data
 from minireptile.data import sample_tasks
 from minireptile.errors import UserError
-from minireptile import backend
 from minireptile.evaluate import evaluate, query_batch
 from minireptile.meta import adapt, maml_gradient
+from minireptile.metabatch import sum_tasks
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
-from minireptile.train import TrainConfig, meta_batch, meta_iteration, task_rngs, train
+from minireptile.train import meta_batch, meta_iteration, task_rngs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--meta-iters", "12", "--meta-batch", "2", "--inner-iters", "2", "--train-shots", "2",
@@ -95,7 +97,7 @@ def test_trainer_runs_the_core(omniglot, float64, tmp_path, algo, tail):
     model, alpha, eps = omniglot_cnn(5, filters=8), 0.05, 0.7
     cfg = TrainConfig(meta_iters=1, meta_batch=2, inner_iters=3, inner_batch=5, train_shots=5,
                       algo=algo, foml_tail=tail, sgd=True, learning_rate=alpha, meta_step=eps,
-                      eval_interval=10, eval_samples=1)
+                      eval_interval=10, eval_samples=1, eval_iters=1, eval_tasks_during=1)
     theta0 = model.init(np.random.default_rng(cfg.seed))       # what train() draws
     batches = meta_batch(omniglot, task_rngs(cfg.seed, 0, range(cfg.meta_batch)), cfg)
     assert len(batches) == 3 and batches[-1][0].shape[1] == (5 * tail if tail else 5)
@@ -121,7 +123,7 @@ def test_outer_adam_first_step_is_epsilon_times_the_normalized_delta(omniglot, f
     model = omniglot_cnn(5, filters=8)
     cfg = TrainConfig(meta_iters=1, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3,
                       sgd=True, learning_rate=0.05, meta_step=1.0, eval_interval=10,
-                      eval_samples=1)
+                      eval_samples=1, eval_iters=1, eval_tasks_during=1)
     theta0 = model.init(np.random.default_rng(cfg.seed))
     quiet = open(os.devnull, "w")
     delta = train(model, omniglot, cfg, stream=quiet)[0] - theta0
@@ -140,7 +142,8 @@ def test_outer_adam_state_survives_a_resume(omniglot, float64, tmp_path):
     model = omniglot_cnn(5, filters=8)
     cfg = TrainConfig(meta_iters=4, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3,
                       sgd=True, learning_rate=0.05, outer="adam", meta_step=1e-3,
-                      meta_step_final=1e-3, eval_interval=10, eval_samples=1)
+                      meta_step_final=1e-3, eval_interval=10, eval_samples=1, eval_iters=1,
+                      eval_tasks_during=1)
     quiet = open(os.devnull, "w")
     whole = train(model, omniglot, cfg, stream=quiet)[0]
     folder = str(tmp_path / "ck")
@@ -172,7 +175,8 @@ def test_weight_decay_shrinks_theta_before_every_inner_step(omniglot, float64):
 
 
 def test_adam_merge_equals_sequential_when_tasks_agree():
-    """Adam.merge_tasks: n tasks fed the same gradients merge to the sequential state."""
+    """Adam.merge_sums of task_terms: n tasks fed the same gradients merge to the sequential
+    state."""
     rng = np.random.default_rng(0)
     n, k, p = 4, 3, 6
     g = rng.normal(size=(k, p))
@@ -183,7 +187,8 @@ def test_adam_merge_equals_sequential_when_tasks_agree():
     theta = np.zeros((n, p))
     for i in range(k):
         theta = bat.step(theta, np.broadcast_to(g[i], (n, p)))
-    bat.merge_tasks(start)
+    sums, total = sum_tasks(bat.task_terms(start, k))
+    bat.merge_sums(start, sums, total, k)
     for _ in range(n):
         for i in range(k):
             seq.step(np.zeros(p), g[i])
@@ -294,8 +299,11 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["--meta-step", "-1"], "--meta-step must be a non-negative number"),
         (["--classes", "400", "--shots", "5"], "GiB of activations"),
         (["--foml", "--foml-tail", "2"], "--foml-tail 2 must be below --train-shots (2)"),
-        (["--combination", "1,2,3"], "has 3 weights for --inner-iters 2"),
+        (["--combination", "1,2,3", "--sgd"], "has 3 weights for --inner-iters 2"),
         (["--combination", "sum", "--algo", "maml"], "drop --algo"),
+        (["--combination", "sum"], "--combination weighs the inner gradients g_j of an SGD "
+                                   "inner loop (section 6.2): add --sgd"),
+        (["--classes", "1"], "--classes 1: a task needs at least 2 classes"),
     ]
     for extra, needle in cases:
         code, out, err = _cli(["train", "omniglot", *TINY, *extra], capsys)
@@ -303,6 +311,26 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     omniglot_file = ROOT / "minireptile" / "assets" / "omniglot.h5"
     code, _, err = _cli(["train", "miniimagenet", "--data", str(omniglot_file), *TINY], capsys)
     assert code == 2 and "holds omniglot, not miniimagenet" in err
+    code, _, err = _cli(["train", "miniimagenet", "--network", "maml", *TINY], capsys)
+    assert code == 2 and "--network maml: only the Omniglot CNN" in err
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(classes=1), "--classes 1: a task needs at least 2 classes"),
+    (dict(algo="combination", combination="sum"), "add --sgd"),
+    (dict(combination="sum", sgd=True), "--combination sets the algorithm"),
+    (dict(network="finn"), "unknown --network 'finn'; expected reptile or maml"),
+    (dict(dataset="cifar"), "unknown --dataset 'cifar'; expected omniglot or miniimagenet"),
+    (dict(algo="maml"), "add --sgd"),
+    (dict(meta_batch=0), "--meta-batch must be at least 1"),
+])
+def test_config_validation_names_the_setting(fields, message):
+    """TrainConfig.validate refuses a configuration that cannot work with a one-line
+    UserError naming the flag, before any data is loaded."""
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        TrainConfig(**fields).validate()
+    assert "\n" not in str(info.value)
+    assert TrainConfig().validate() == TrainConfig()                # the quick run is valid
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, capsys):
@@ -364,6 +392,100 @@ def test_divergence_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, 
     assert it == 4 and np.isfinite(theta).all()
 
 
+def test_stop_at_ends_early_on_the_full_schedule_and_resumes(omniglot, float64, tmp_path):
+    """train(..., stop_at=2) of a 4-iteration run: a checkpoint at iteration 2 with epsilon
+    annealed over 4 (not a 2-iteration run), which resumes to exactly the uninterrupted run."""
+    model = omniglot_cnn(5, filters=8)
+    cfg = TrainConfig(meta_iters=4, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=3,
+                      sgd=True, learning_rate=0.05, meta_step=1.0, meta_step_final=0.0,
+                      eval_interval=10, eval_samples=1, eval_iters=1, eval_tasks_during=1,
+                      checkpoint_interval=100)
+    quiet, folder = open(os.devnull, "w"), str(tmp_path / "ck")
+    whole = train(model, omniglot, cfg, stream=quiet)[0]
+    stopped = train(model, omniglot, cfg, checkpoint_dir=folder, stream=quiet, stop_at=2)[0]
+    theta, _, _, iteration, saved = checkpoint.load(folder)
+    assert iteration == 2 and saved["meta_iters"] == 4
+    np.testing.assert_array_equal(theta, stopped)
+    short = train(model, omniglot, dataclasses.replace(cfg, meta_iters=2), stream=quiet)[0]
+    assert not np.allclose(stopped, short)              # epsilon 0.75 at iteration 2, not 0.5
+    resumed = train(model, omniglot, cfg, checkpoint_dir=folder, stream=quiet)[0]
+    np.testing.assert_array_equal(resumed, whole)
+    assert checkpoint.load(folder)[3] == 4
+    beyond = train(model, omniglot, cfg, stream=quiet, stop_at=9)[0]    # stops at meta_iters
+    np.testing.assert_array_equal(beyond, whole)
+
+
+def test_run_with_stop_at_evaluates_nothing_then_finishes(tmp_path):
+    """train.run(cfg, folder, stop_at=2): None, a checkpoint at 2, no results.json; run again
+    without it, it resumes and writes FOLDER/results.json with the run's configuration."""
+    from minireptile import train as train_module
+    cfg = TrainConfig(meta_iters=3, meta_batch=2, inner_iters=2, inner_batch=5, train_shots=2,
+                      eval_samples=2, eval_iters=2, eval_interval=100, eval_tasks_during=1,
+                      checkpoint_interval=100)
+    folder, log = tmp_path / "ck", tmp_path / "log.txt"
+    with open(log, "w") as stream:
+        assert train_module.run(cfg, str(folder), stream=stream, stop_at=2) is None
+    assert checkpoint.load(folder)[3] == 2 and not (folder / "results.json").exists()
+    with open(log, "w") as stream:
+        results = train_module.run(cfg, str(folder), stream=stream)
+    assert "resuming from iteration 2" in log.read_text()
+    assert checkpoint.load(folder)[3] == 3
+    written = json.loads((folder / "results.json").read_text())
+    assert written["config"] == results["config"] == dataclasses.asdict(cfg)
+    assert written["test"]["correct"] == results["test"]["correct"]
+
+
+def _trained(folder, capsys, *flags):
+    """A 3-iteration TINY run in folder (its results.json written)."""
+    short = ["--meta-iters", "3", "--eval-interval", "3", "--checkpoint-interval", "3"]
+    code, _, err = _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY, *short,
+                         *flags], capsys)
+    assert code == 0, err
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.parametrize("flags", [[], ["--transductive"]], ids=["plain", "transductive"])
+def test_eval_of_a_checkpoint_repeats_its_runs_final_evaluation(tmp_path, capsys, flags):
+    """`minireptile eval` takes every setting from the checkpoint's configuration (its seed
+    draws the same tasks): the run's own final evaluation, task for task."""
+    folder = tmp_path / "ck"
+    trained = _trained(folder, capsys, "--classes", "3", *flags)
+    code, _, err = _cli(["eval", "--checkpoint", str(folder), "--out",
+                         str(tmp_path / "e.json")], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "e.json").read_text())
+    assert again["classes"] == 3 and again["transductive"] == trained["transductive"]
+    for split in ("train", "test"):
+        assert again[split]["correct"] == trained[split]["correct"], split
+
+
+def test_pretrained_evaluates_with_the_checkpoints_own_configuration(tmp_path, capsys):
+    """train --pretrained: no training; the checkpoint's configuration (3-way, transductive)
+    with the evaluation flags given (--eval-samples 3); a training flag that disagrees with
+    the checkpoint (--classes 5) is refused, one that agrees is accepted."""
+    from minireptile.evaluate import load_trained
+    folder = tmp_path / "ck"
+    _trained(folder, capsys, "--classes", "3", "--transductive")
+    before = (folder / checkpoint.FILENAME).read_bytes()
+    cfg, theta, optimizer, iteration = load_trained(str(folder))
+    assert (cfg.classes, cfg.transductive, iteration) == (3, True, 3)
+    assert theta.shape == (omniglot_cnn(3).num_params,) and optimizer.t == 3 * 2 * 2
+    code, out, err = _cli(["train", "omniglot", "--pretrained", "--checkpoint", str(folder),
+                           "--eval-samples", "3", "--classes", "3"], capsys)
+    assert code == 0, err
+    results = json.loads((folder / "results.json").read_text())
+    assert results["classes"] == 3 and results["eval_samples"] == 3
+    assert results["transductive"] is True and results["iteration"] == 3
+    assert len(results["test"]["correct"]) == 3
+    assert (folder / checkpoint.FILENAME).read_bytes() == before        # nothing trained
+    code, _, err = _cli(["train", "omniglot", "--pretrained", "--checkpoint", str(folder),
+                         "--classes", "5"], capsys)
+    assert code == 2 and "classes 3 (now 5)" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(["train", "omniglot", "--pretrained", "--checkpoint",
+                         str(tmp_path / "none")], capsys)
+    assert code == 2 and "--pretrained needs --checkpoint DIR" in err
+
+
 def test_eval_command_reports_accuracy_with_interval(tmp_path, capsys):
     folder = tmp_path / "ck"
     assert _cli(["train", "omniglot", "--checkpoint", str(folder), *TINY], capsys)[0] == 0
@@ -371,7 +493,6 @@ def test_eval_command_reports_accuracy_with_interval(tmp_path, capsys):
     code, out, _ = _cli(["eval", "--checkpoint", str(folder), "--eval-samples", "6",
                          "--out", str(out_json)], capsys)
     assert code == 0 and "| test |" in out and "+/-" in out
-    import json
     r = json.loads(out_json.read_text())
     assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["ci95"] >= 0
 
@@ -414,9 +535,9 @@ def test_paper_commands_parse_to_the_papers_settings(name):
     dataset = "omniglot" if name[0] == "o" else "miniimagenet"
     args = build_parser().parse_args(["train", dataset, "--defaults", "paper",
                                       *PAPER_COMMANDS[name].split()])
-    cfg, paper = train_config(args)
+    cfg, preset = train_config(args)
     cfg.validate()
-    assert paper and cfg.algo == "reptile" and not cfg.sgd and cfg.meta_step == 1
+    assert preset == "paper" and cfg.algo == "reptile" and not cfg.sgd and cfg.meta_step == 1
     assert cfg.shots == (1 if "1" == name[1] else 5)
     assert cfg.classes == (20 if name[2:4] == "20" else 5)
     assert cfg.transductive == name.endswith("t")
@@ -428,8 +549,10 @@ def test_one_flag_changes_only_that_flag_of_the_quick_run():
     from minireptile.cli import build_parser
     from minireptile.cli.train import train_config
     quick, _ = train_config(build_parser().parse_args(["train", "omniglot"]))
-    cfg, paper = train_config(build_parser().parse_args(["train", "omniglot", "--meta-iters", "7"]))
-    assert not paper and cfg == dataclasses.replace(quick, meta_iters=7)
+    cfg, preset = train_config(build_parser().parse_args(["train", "omniglot", "--meta-iters",
+                                                          "7"]))
+    assert preset == "quick" and cfg == dataclasses.replace(quick, meta_iters=7)
+    assert quick == TrainConfig()                  # the quick preset is TrainConfig's defaults
 
 
 def test_run_prints_its_resolved_configuration(tmp_path, capsys):
@@ -452,7 +575,6 @@ def test_eval_seed_changes_the_tasks(tmp_path, capsys):
         code, printed, _ = _cli(["eval", "--checkpoint", str(folder), "--eval-samples", "12",
                                  "--split", "test", "--seed", seed, "--out", str(out)], capsys)
         assert code == 0 and "eval test " in printed          # progress of the evaluation
-        import json
         per_task.append(json.loads(out.read_text())["test"]["correct"])
     assert per_task[1] == per_task[2] and per_task[0] != per_task[1]
 
