@@ -1,0 +1,113 @@
+"""One writer per run folder: ``checkpoint.locked``, taken by train, eval --out into a run
+folder, and every run of reproduce (and of its --jobs processes).
+
+Real processes: a second writer gets Busy naming the first ("pid P on HOST"), the system
+frees the lock of a process killed with SIGKILL at once (no stale lock to break), and of many
+processes that race for a free lock exactly one gets it.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from minireptile import checkpoint
+from minireptile.cli import main
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from minireptile import checkpoint
+    with checkpoint.locked(sys.argv[1]):
+        print("holding", flush=True)
+        time.sleep(600)
+""")
+
+RACE = textwrap.dedent("""
+    import os, sys, time
+    from minireptile import checkpoint
+    while not os.path.exists(sys.argv[2]):                 # the start line
+        time.sleep(0.001)
+    try:
+        with checkpoint.locked(sys.argv[1]):
+            time.sleep(1.0)
+            print("got it")
+    except checkpoint.Busy:
+        print("busy")
+""")
+
+
+def holder_process(path):
+    """A process holding path's lock until killed; returns it once it holds it."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, path], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "holding"
+    return p
+
+
+def test_a_second_trainer_of_a_folder_is_refused_naming_the_first(tmp_path, capsys):
+    folder = str(tmp_path / "run")
+    p = holder_process(folder)
+    try:
+        code = main(["train", "omniglot", "--checkpoint", folder, "--meta-iters", "2",
+                     "--eval-samples", "2", "--eval-iters", "2", "--threads", "1"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and f"pid {p.pid} on" in err and err.count("\n") == 0, err
+        assert not checkpoint.exists(folder)                   # it wrote nothing
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_eval_writing_into_a_run_folder_waits_its_turn(tmp_path, capsys):
+    """eval --out into a folder being trained is refused; elsewhere it runs."""
+    folder = str(tmp_path / "run")
+    tiny = ["--eval-samples", "2", "--eval-iters", "2", "--threads", "1"]
+    assert main(["train", "omniglot", "--checkpoint", folder, "--meta-iters", "2", *tiny]) == 0
+    p = holder_process(folder)
+    try:
+        out = os.path.join(folder, "eval.json")
+        assert main(["eval", "--checkpoint", folder, "--out", out, *tiny]) == 2
+        assert f"pid {p.pid} on" in capsys.readouterr().err and not os.path.exists(out)
+        elsewhere = str(tmp_path / "eval.json")
+        assert main(["eval", "--checkpoint", folder, "--out", elsewhere, *tiny]) == 0
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_killed_holders_lock_is_free_at_once(tmp_path):
+    path = str(tmp_path / "run")
+    p = holder_process(path)
+    assert checkpoint.holder(path) == f"pid {p.pid} on {os.uname().nodename}"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert checkpoint.holder(path) is None
+    with checkpoint.locked(path):                          # and taken by the next one
+        assert checkpoint.holder(path) is None            # (this process holds it again)
+
+
+@pytest.mark.parametrize("processes", [6])
+def test_of_processes_racing_for_a_free_lock_exactly_one_gets_it(tmp_path, processes):
+    path, start = str(tmp_path / "run"), str(tmp_path / "go")
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, path, start],
+                               stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    time.sleep(1.0)                                        # all waiting at the start line
+    open(start, "w").close()
+    answers = sorted(r.communicate(timeout=120)[0].strip() for r in racers)
+    assert answers == ["busy"] * (processes - 1) + ["got it"]
+
+
+def test_the_lock_is_taken_again_by_its_holder_and_released_once(tmp_path):
+    """reproduce holds a run's lock and calls train.run, which takes it too."""
+    path = str(tmp_path / "run")
+    with checkpoint.locked(path):
+        with checkpoint.locked(path):
+            pass
+        p = subprocess.run([sys.executable, "-c", "import sys; from minireptile import "
+                            "checkpoint; print(checkpoint.holder(sys.argv[1]))", path],
+                           capture_output=True, text=True, check=True)
+        assert p.stdout.startswith(f"pid {os.getpid()} on")    # still held after the inner
+    assert checkpoint.holder(path) is None
