@@ -188,7 +188,7 @@ def load_trained(folder):
 
 
 def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_samples=None,
-        transductive=False, split="both", seed=None, stream=None, comm=LOCAL, out=None):
+        transductive=None, split="both", seed=None, stream=None, comm=LOCAL, out=None):
     """``minireptile eval``: the few-shot accuracy of the checkpoint in folder.
 
     The checkpoint's configuration gives every setting the arguments leave None; its seed
@@ -203,10 +203,10 @@ def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_sa
         checkpoint.output_file(out, "--out")
     cfg, theta, optimizer, iteration = load_trained(folder)
     for name, value in (("shots", shots), ("eval_batch", eval_batch),
-                        ("eval_iters", eval_iters), ("eval_samples", eval_samples)):
+                        ("eval_iters", eval_iters), ("eval_samples", eval_samples),
+                        ("transductive", transductive)):
         if value is not None:
             setattr(cfg, name, value)
-    cfg.transductive = transductive
     cfg.validate()
     ds, model = load_data(data, cfg.dataset), build_model(cfg)
     if theta.shape != (model.num_params,):
@@ -236,6 +236,8 @@ def eval_command(folder, **options):
     for name, value in options.items():
         if value is True:
             words.append(f"--{name.replace('_', '-')}")
+        elif value is False and name == "transductive":
+            words.append("--no-transductive")
         elif value not in (None, False) and not (name == "split" and value == "both"):
             words += [f"--{name.replace('_', '-')}", str(value)]
     return " ".join(words)

@@ -118,7 +118,9 @@ def register(sub):
                        help="default: the checkpoint's")
     e.add_argument("--classes", type=int, default=None, metavar="N",
                    help="not allowed: N is the checkpoint's (its last layer has N outputs)")
-    e.add_argument("--transductive", action="store_true", help="transductive evaluation")
+    e.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=None,
+                   help="classify all test samples in one batch, or (--no-transductive) "
+                        "each with the training samples (default: the checkpoint's)")
     e.add_argument("--split", choices=("train", "test", "both"), default="both",
                    help="classes to evaluate on (default both)")
     e.add_argument("--out", metavar="FILE.json", help="write the results as JSON here")
@@ -188,7 +190,8 @@ def pretrained(args):
                         f"({'; '.join(differ)}); drop those flags")
     comm = start_distributed(args)
     out = args.out or os.path.join(args.checkpoint, "results.json")
-    evaluate.run(args.checkpoint, args.data, transductive=args.transductive, seed=args.seed,
+    evaluate.run(args.checkpoint, args.data, transductive=args.transductive or None,
+                 seed=args.seed,
                  comm=comm, out=out, **{k: getattr(args, k) for k in EVALUATION})
     print(f"results written to {out}")
 
