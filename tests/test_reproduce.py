@@ -1,24 +1,70 @@
 """``minireptile reproduce``: every experiment end to end at the tiny budget, its files, its
-tables, resuming; and the pieces (tables, intervals, the stop watcher) on their own.
+tables, resuming; and the pieces (tables, intervals, the run locks, stopping a run early)
+on their own.
 
-No test asserts an accuracy: the tiny budget trains for a few iterations.
+No test asserts an accuracy: the tiny budget trains for a few iterations. The locks are held
+by real second processes (``_holding``): an flock is per process.
 """
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minireptile import checkpoint, reproduce
-from minireptile.cli import main
+from minireptile.cli import build_parser, main
 from minireptile.errors import UserError
 from minireptile.reproduce import common, fig3, fig4, report
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLD = """import os, sys, time
+from minireptile import checkpoint
+path, until, cap = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with checkpoint.locked(path):
+    print("READY", flush=True)
+    start = time.time()
+    while not (until and os.path.exists(until)) and time.time() < start + cap:
+        time.sleep(0.05)
+    time.sleep(2 if until and os.path.exists(until) else 0)
+    os._exit(0)                          # inside the block: only its death frees the lock
+"""
+
+
+def _holder_process(path, until="", cap=120):
+    """A second process holding path's lock (``checkpoint.locked``) until the file `until`
+    exists (then 2 s more) or cap seconds have passed, when it ends still holding it;
+    returned once it holds it."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(until), str(cap)],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             stdout=subprocess.PIPE, text=True)
+    ready = child.stdout.readline()
+    if ready != "READY\n":
+        child.kill()
+        pytest.fail(f"the holder did not take the lock: {ready!r} {child.communicate()}")
+    return child
+
+
+@contextlib.contextmanager
+def _holding(path, **kw):
+    """_holder_process for the block; killed (if still running) and reaped after it."""
+    child = _holder_process(path, **kw)
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _name(process):
+    """How a lock names a process of this host."""
+    return f"pid {process.pid} on {socket.gethostname()}"
 
 
 def test_markdown_table_round_trip():
@@ -77,122 +123,130 @@ def test_fig4_points_share_the_corner():
     assert len(fig3.CURVES) == 10
 
 
-@pytest.mark.parametrize("sigint", ["handled", "ignored"])
-def test_interrupt_when_stops_the_main_thread(sigint):
-    """Also in a process started with SIGINT ignored (`cmd &` in a script); the block
-    leaves SIGINT as it found it."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored"
-                             else signal.default_int_handler)
+def test_the_lock_names_its_live_holder_and_frees_when_it_dies(tmp_path):
+    """A second process asking for a held lock gets Busy naming the holder ("pid P on HOST",
+    one line); once the holder is killed (SIGKILL: no clean-up ran) the lock is free at
+    once, with no stale lock to break."""
+    path = str(tmp_path / "run")
+    child = _holder_process(path)
     try:
-        flag = threading.Event()
-        threading.Timer(0.2, flag.set).start()
-        with pytest.raises(KeyboardInterrupt):
-            with common.interrupt_when(flag.is_set, poll=0.05) as fired:
-                deadline = time.time() + 10
-                while time.time() < deadline:
-                    time.sleep(0.01)
-        assert fired == [True]
-        assert signal.getsignal(signal.SIGINT) == (signal.SIG_IGN if sigint == "ignored"
-                                                   else signal.default_int_handler)
+        with pytest.raises(checkpoint.Busy) as info:
+            with checkpoint.locked(path):
+                pytest.fail("the lock of a live process was taken")
+        assert info.value.holder == _name(child) == checkpoint.holder(path)
+        assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+        assert f"{path}: {_name(child)} is writing it" in str(info.value)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert checkpoint.holder(path) is None
+    with checkpoint.locked(path):
+        assert (tmp_path / "run.lock").read_text() == checkpoint.process_name()
 
 
-def test_a_checkpoint_written_just_now_is_not_trained_twice(tmp_path):
-    """Another process may be training it: refused with one line, nothing touched."""
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"x")
-    with pytest.raises(UserError, match="another process may be training it"):
-        common.refuse_busy(str(tmp_path / "run"))
-    common.refuse_busy(str(tmp_path / "run"), seconds=0)
-    common.refuse_busy(str(tmp_path / "none"))
+def test_the_lock_is_reentrant_in_its_process_and_held_until_the_outer_block_ends(tmp_path):
+    """train.run inside a reproduce run takes the lock its session holds: held once more;
+    another process sees it held until the outer block ends, then free."""
+    path = str(tmp_path / "run")
+    ask = [sys.executable, "-c", "import sys; from minireptile import checkpoint; "
+                                 "print(checkpoint.holder(sys.argv[1]))", path]
 
-
-def test_a_fresh_checkpoint_of_a_process_that_ended_is_resumed_at_once(tmp_path, monkeypatch):
-    """The checkpoint names its writer: a stopped reproduce run may be restarted within
-    BUSY_SECONDS, while a live writer (or another host's) still refuses it."""
-    folder, ended, live = str(tmp_path / "run"), subprocess.Popen([sys.executable, "-c", ""]), \
-        _sleeper()
-    ended.wait()
-    try:
-        for name, refused in ((f"pid {ended.pid} on {socket.gethostname()}", False),
-                              (f"pid {live.pid} on {socket.gethostname()}", True),
-                              ("pid 1 on another-host", True),
-                              (checkpoint.process_name(), False)):      # this process's own
-            monkeypatch.setattr(checkpoint, "process_name", lambda: name)
-            checkpoint.save(folder, np.zeros(3), {}, np.random.default_rng(0), 7, {})
-            monkeypatch.undo()
-            assert checkpoint.writer(folder) == name
-            if refused:
-                with pytest.raises(UserError, match=f"by {name}, which still runs"):
-                    common.refuse_busy(folder)
-            else:
-                common.refuse_busy(folder)
-    finally:
-        live.kill()
-        live.wait()
-
-
-def test_a_run_of_another_budget_is_refused_not_reused(tmp_path):
-    """A folder trained with other settings (here --meta-iters) is neither taken as done
-    (results.json) nor extended (its checkpoint): one line names the difference."""
-    s = common.Session("fig4", "tiny", str(tmp_path), threads=1, stream=open(os.devnull, "w"))
-    folder = str(tmp_path / "run")
-    flags = ["--sgd", "--train-shots", "2", "--inner-batch", "5", "--inner-iters", "2",
-             "--eval-samples", "1", "--eval-iters", "1", "--eval-tasks-during", "1"]
-    results, _ = s.train(folder, flags + ["--meta-iters", "2"])
-    assert results["config"]["meta_iters"] == 2
-    assert s.train(folder, flags + ["--meta-iters", "2", "--eval-samples", "2"])[0] == results
-    for left in ("results.json", "checkpoint.npz"):   # finished, then its checkpoint only
-        with pytest.raises(UserError, match=r"holds another run \(meta_iters 2 \(now 3\)\)"):
-            s.train(folder, flags + ["--meta-iters", "3"])
-        assert os.path.exists(os.path.join(folder, left))
-        if left == "results.json":
-            os.remove(os.path.join(folder, left))
-
-
-def _sleeper():
-    """A live process that is not this one, to hold a lock."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-
-
-def test_claim_skips_a_live_holder_and_takes_over_a_dead_one(tmp_path):
-    log = str(tmp_path / "run.log")
-    sleeper = _sleeper()
-    other = f"pid {sleeper.pid} on {socket.gethostname()}"
-    (tmp_path / "run.log.lock").write_text(other)
-    try:
-        with common.claim(log) as holder:
-            assert holder == other
-        assert common.holder(log) == other and (tmp_path / "run.log.lock").exists()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert common.holder(log) is None                      # its process is gone: stale
-    with common.claim(log) as holder:
-        assert holder is None
-        assert (tmp_path / "run.log.lock").read_text() == f"pid {os.getpid()} on " \
-                                                          f"{socket.gethostname()}"
-    assert not (tmp_path / "run.log.lock").exists()
-    assert not list(tmp_path.glob("run.log.lock.*"))        # the aside copy is gone too
-    (tmp_path / "run.log.lock").write_text("pid 1 on another-host")
-    with common.claim(log) as holder:                      # another host's: left alone
-        assert holder == "pid 1 on another-host"
+    def seen_from_another_process():
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        return subprocess.run(ask, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    with checkpoint.locked(path):
+        with checkpoint.locked(path):
+            assert checkpoint.holder(path) is None                    # ours: not a conflict
+        assert seen_from_another_process() == checkpoint.process_name()
+    assert seen_from_another_process() == "None"
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
 def test_a_child_that_ended_unreaped_holds_no_lock(tmp_path):
     """A --jobs process that dies is its parent's zombie until waited for: not a holder."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    (tmp_path / "run.log.lock").write_text(f"pid {child.pid} on {socket.gethostname()}")
-    deadline = time.time() + 60
-    while common.holder(str(tmp_path / "run.log")) and time.time() < deadline:
+    path = str(tmp_path / "run")
+    child = _holder_process(path, cap=0)                  # takes the lock, then ends with it
+    stat, deadline = Path(f"/proc/{child.pid}/stat"), time.time() + 60
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z" and time.time() < deadline:
         time.sleep(0.05)
     try:
-        assert common.holder(str(tmp_path / "run.log")) is None
-        assert child.poll() == 0                        # it had ended, unreaped until now
+        assert stat.read_text().rpartition(")")[2].split()[0] == "Z"    # ended, not reaped
+        assert checkpoint.holder(path) is None
+        assert child.poll() == 0                        # reaped only now
     finally:
         child.wait()
+
+
+def test_a_run_folder_another_process_holds_is_not_trained_twice(tmp_path, capsys):
+    """`minireptile train --checkpoint F` while another process holds F (a reproduce run, a
+    train started by hand): one line naming it, exit 2, nothing written in F."""
+    folder = tmp_path / "run"
+    with _holding(folder) as child:
+        code = main(["train", "omniglot", "--checkpoint", str(folder), "--meta-iters", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{_name(child)} is writing it" in err and err.count("\n") == 1
+    assert not folder.exists() or not list(folder.iterdir())
+    assert checkpoint.writer(str(folder)) is None
+
+
+def test_a_checkpoint_names_its_writer(tmp_path):
+    folder = str(tmp_path / "run")
+    checkpoint.save(folder, np.zeros(3), {}, np.random.default_rng(0), 7, {})
+    assert checkpoint.writer(folder) == checkpoint.process_name()
+
+
+TINY_RUN = dict(meta_batch=2, inner_iters=1, inner_batch=5, train_shots=1, eval_samples=1,
+                eval_iters=1, eval_tasks_during=1, eval_interval=100, checkpoint_interval=100)
+
+
+def test_session_train_stops_at_and_resumes(tmp_path):
+    """Session.train(folder, cfg, stop_at=2) of a 3-iteration run: no results yet, a
+    checkpoint at 2 of a run annealed over 3; asked again with stop_at=2 it is done (nothing
+    runs); without stop_at it resumes to the end, both invocations in its record."""
+    s = common.Session("fig4", "tiny", str(tmp_path), threads=1, stream=open(os.devnull, "w"))
+    folder = str(tmp_path / "run")
+    cfg = s.config(meta_iters=3, **TINY_RUN)
+    results, record = s.train(folder, cfg, stop_at=2)
+    assert results is None and record["invocations"] == 1
+    assert common.iteration(folder) == 2 and checkpoint.load(folder)[4]["meta_iters"] == 3
+    assert record["command"] == ("minireptile train omniglot " +
+                                 " ".join(record["command"].split()[3:]))
+    assert "--meta-iters 3" in record["command"] and f"--checkpoint {folder}" in \
+        record["command"] and "--threads 1" in record["command"]
+    assert s.train(folder, cfg, stop_at=2) == (None, record) and s.reused == [folder]
+    results, record = s.train(folder, cfg)
+    assert results["config"]["meta_iters"] == 3 and common.iteration(folder) == 3
+    assert record["invocations"] == 2
+
+
+def test_a_run_of_another_budget_is_refused_not_reused(tmp_path):
+    """A folder trained with other settings (here meta_iters) is neither taken as done
+    (results.json) nor extended (its checkpoint): one line names the difference."""
+    s = common.Session("fig4", "tiny", str(tmp_path), threads=1, stream=open(os.devnull, "w"))
+    folder = str(tmp_path / "run")
+    fields = dict(sgd=True, train_shots=2, inner_batch=5, inner_iters=2, eval_samples=1,
+                  eval_iters=1, eval_tasks_during=1)
+    results, _ = s.train(folder, s.config(meta_iters=2, **fields))
+    assert results["config"]["meta_iters"] == 2
+    assert s.train(folder, s.config(meta_iters=2, **{**fields, "eval_samples": 2}))[0] == \
+        results
+    for left in ("results.json", "checkpoint.npz"):   # finished, then its checkpoint only
+        with pytest.raises(UserError, match=r"holds another run \(meta_iters 2 \(now 3\)\)"):
+            s.train(folder, s.config(meta_iters=3, **fields))
+        assert os.path.exists(os.path.join(folder, left))
+        if left == "results.json":
+            os.remove(os.path.join(folder, left))
+
+
+def test_out_defaults_to_runs_reproduce_and_full_is_recorded(tmp_path):
+    args = build_parser().parse_args(["reproduce", "fig1"])
+    assert args.out == reproduce.OUT == "runs/reproduce" and args.full is False
+    assert build_parser().parse_args(["reproduce", "table2", "--full"]).full is True
+    s = common.Session("table2", "quick", str(tmp_path), threads=2, full=True,
+                       stream=open(os.devnull, "w"))
+    assert common.reproduce_command(s) == (f"minireptile reproduce table2 --budget quick "
+                                           f"--full --threads 2 --out {tmp_path}")
 
 
 @pytest.mark.slow
@@ -202,16 +256,11 @@ def test_a_command_held_by_another_process_is_skipped_then_taken_up(tmp_path, ca
     argv = ["reproduce", "fig3", "--budget", "tiny", "--threads", "1", "--out",
             str(tmp_path)]
     folder = tmp_path / "tiny" / "fig3"
-    (folder / "runs").mkdir(parents=True)
-    sleeper = _sleeper()
-    (folder / "runs" / "g2.log.lock").write_text(f"pid {sleeper.pid} on {socket.gethostname()}")
-    try:
+    with _holding(folder / "runs" / "g2") as holder:
         assert main(argv) == 0
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     out = capsys.readouterr().out
-    assert f"skipped, pid {sleeper.pid}" in out and "still running in other processes" in out
+    assert f"skipped, {_name(holder)} runs it" in out
+    assert "still running in other processes" in out
     assert not (folder / "fig3.json").exists() and not (folder / "runs" / "g2").exists()
     assert len(list(folder.rglob("results.json"))) == len(fig3.CURVES) - 1
     assert main(argv) == 0
@@ -231,22 +280,16 @@ def test_a_partial_report_covers_the_finished_runs_and_trains_nothing(tmp_path, 
     nothing = json.loads((folder / "fig4-partial.json").read_text())
     assert not nothing["runs"] and len(nothing["missing"]) == 4 * len(fig4.points(
         fig4.BUDGETS["tiny"])) and not (folder / "runs").exists()
-    (folder / "runs").mkdir(parents=True)
-    sleeper = _sleeper()
-    (folder / "runs" / "shared-k5-b25.log.lock").write_text(
-        f"pid {sleeper.pid} on {socket.gethostname()}")
-    try:
+    with _holding(folder / "runs" / "shared-k5-b25"):
         assert main(argv) == 0
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert not (folder / "fig4.json").exists()
     capsys.readouterr()
     assert main(argv + ["--partial"]) == 0
     assert "running:" not in capsys.readouterr().out
     result = json.loads((folder / "fig4-partial.json").read_text())
     assert result["partial"] and len(result["missing"]) == 1
-    assert "--algo fomaml --inner-iters 5 --inner-batch 25" in result["missing"][0]
+    missing = result["missing"][0].split(" --")
+    assert {"algo fomaml", "inner-iters 5", "inner-batch 25"} <= set(missing), missing
     assert "shared-k5-b25" not in result["runs"] and len(result["runs"]) == len(
         nothing["missing"]) - 1
     (table_a, table_b) = report.parse_tables((folder / "fig4-partial.md").read_text())
@@ -263,30 +306,22 @@ def test_a_partial_report_covers_the_finished_runs_and_trains_nothing(tmp_path, 
 
 @pytest.mark.slow
 def test_maml_waits_for_a_calibration_another_process_runs(tmp_path, capsys):
-    """Every run's length comes from the calibration: a process finding one calibration
-    command held waits for it rather than giving up (a --jobs process used to exit there),
-    and takes it over once its holder dies -- then trains everything, writes the report.
-
-    The holder lives until the other calibrations have run and 3 s more, or 5 s in all:
-    a process that did not wait would find it alive at the end of its pass and stop."""
+    """The cost table needs every calibration's seconds: a process finding one calibration
+    held waits for it rather than going on without it (a --jobs process used to exit
+    there), and takes it over once its holder dies -- then trains everything, writes the
+    report. The holder lets go 2 s after the cells' last file is written, while the process
+    under test is at the calibration; waiting, it runs maml-1 before maml-3."""
     argv = ["reproduce", "maml", "--budget", "tiny", "--threads", "1", "--out", str(tmp_path)]
-    folder = tmp_path / "tiny" / "maml" / "calibration"
-    folder.mkdir(parents=True)
-    last = folder / "reptile-3.log.runs.jsonl"
-    sleeper = subprocess.Popen([sys.executable, "-c", f"""import os, time
-start = time.time()
-while not os.path.exists({str(last)!r}) and time.time() < start + 5:
-    time.sleep(0.05)
-time.sleep(3 if os.path.exists({str(last)!r}) else 0)"""])
-    (folder / "maml-1.log.lock").write_text(f"pid {sleeper.pid} on {socket.gethostname()}")
-    try:
+    folder = tmp_path / "tiny" / "maml"
+    last_cell = folder / "o5-1shot-fomaml" / "eval-non-transductive.json"
+    with _holding(folder / "calibration" / "maml-1", until=last_cell, cap=600) as holder:
         assert main(argv) == 0
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert f"skipped, pid {sleeper.pid}" in capsys.readouterr().out
-    assert (tmp_path / "tiny" / "maml" / "maml.json").exists()
-    assert set(_runs(tmp_path / "tiny" / "maml").values()) == {1}
+    assert f"skipped, {_name(holder)} runs it" in capsys.readouterr().out
+    assert (folder / "maml.json").exists()
+    assert set(_runs(folder).values()) == {1}
+    started = {name: json.loads((folder / "calibration" / f"{name}.log.runs.jsonl")
+                                .read_text())["started"] for name in ("maml-1", "maml-3")}
+    assert started["maml-1"] <= started["maml-3"], started
 
 
 @pytest.mark.slow
@@ -301,7 +336,10 @@ def test_jobs_share_the_commands(tmp_path):
     runs = _runs(folder)
     assert len(runs) == len(fig3.CURVES) and set(runs.values()) == {1}, runs
     assert (folder / "jobs" / "1.out").exists()
-    assert not list(folder.rglob("*.lock"))
+    locks = list(folder.rglob("*.lock"))                   # every run took its lock ...
+    assert len(locks) == len(fig3.CURVES)
+    for lock in locks:                                     # ... and no process holds one
+        assert lock.read_text() == "" and checkpoint.holder(str(lock)[:-5]) is None
 
 
 def test_unknown_experiment_or_budget_is_refused():
@@ -337,7 +375,7 @@ def test_table2_ways_writes_only_those_rows(tmp_path):
     data = json.loads(out.read_text())
     data["command"] = "minireptile eval --by-hand"
     out.write_text(json.dumps(data))
-    (folder / "o5" / "eval-1shot-transductive.log.runs.jsonl").unlink()
+    (folder / "o5" / "eval-1shot-transductive.json.log.runs.jsonl").unlink()
     assert main(argv) == 0
     commands = json.loads((folder / "table2.json").read_text())["commands"]
     assert [c.get("run_outside_reproduce") for c in commands
