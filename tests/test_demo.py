@@ -33,9 +33,9 @@ from minireptile import backend, parallel
 from minireptile.cli import main
 from minireptile.cli.demo import SHIPPED, load_learner
 from minireptile.data import embedded_omniglot, load_dataset
-from minireptile.demo import preprocess, server as demo_server
-from minireptile.demo.server import (MAX_BODY, MAX_POINTS, MAX_STROKES, THREADS, DemoApp,
-                                     make_server)
+from minireptile.demo import drawing as demo_drawing, preprocess
+from minireptile.demo.drawing import MAX_POINTS, MAX_STROKES, DrawingApp
+from minireptile.demo.server import MAX_BODY, THREADS, make_server
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
@@ -222,7 +222,7 @@ def serving(shipped, **options):
     """A demo server (make_server's options) of the shipped learner, 3-way 1-shot, on a free
     port, serving in a thread while the block runs."""
     learner, classes, model = shipped
-    httpd = make_server(DemoApp(learner, classes, 1, model), port=0, **options)
+    httpd = make_server(DrawingApp(learner, classes, 1, model), port=0, **options)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -472,7 +472,7 @@ def test_malformed_content_lengths_are_refused(server, length):
 def test_drawings_are_checked_converted_and_learned_from_under_the_lock(httpd, server,
                                                                         monkeypatch):
     """Requests in other threads wait for the one doing CPU work: each step holds the lock."""
-    app, held = httpd.app, []
+    app, held = httpd.routes[("POST", "/learn")].__self__, []
 
     def watched(fn):
         def call(*args):
@@ -480,7 +480,7 @@ def test_drawings_are_checked_converted_and_learned_from_under_the_lock(httpd, s
             return fn(*args)
         return call
     for name in ("_drawing", "drawing_to_input"):
-        monkeypatch.setattr(demo_server, name, watched(getattr(demo_server, name)))
+        monkeypatch.setattr(demo_drawing, name, watched(getattr(demo_drawing, name)))
     monkeypatch.setattr(app.learner, "learn", watched(app.learner.learn))
     assert request(server, "/preview", DOT_BODY)[0] == 200
     assert request(server, "/learn", json.dumps({"support": [LINE, DOT, LINE],

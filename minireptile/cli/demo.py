@@ -13,7 +13,8 @@ import webbrowser
 from .. import backend
 from ..config import build_model, inner_optimizer
 from ..demo.learner import Learner
-from ..demo.server import HOST, DemoApp, make_server
+from ..demo.drawing import DrawingApp
+from ..demo.server import HOST, make_server
 from ..errors import UserError
 from ..evaluate import load_trained
 from . import add_device_flags
@@ -86,7 +87,7 @@ def run_demo(args):
     folder = args.checkpoint or SHIPPED
     learner, classes, model = load_learner(folder, args.classes, args.shots, args.eval_iters,
                                            args.seed)
-    server = make_server(DemoApp(learner, classes, args.shots, model), args.port)
+    server = make_server(DrawingApp(learner, classes, args.shots, model), args.port)
     url = f"http://{HOST}:{server.server_address[1]}/"
     print(f"minireptile demo: {classes}-way {args.shots}-shot, {model}\n"
           f"checkpoint {folder}\nserving {url} (Ctrl-C to stop)", flush=True)

@@ -1,19 +1,13 @@
-"""The demo's local web server: the page and two JSON endpoints, on ``http.server``.
+"""The demo's local web server, on ``http.server``: its pages and its apps' JSON endpoints.
 
-    GET  /                the page (static/index.html)
-    GET  /static/NAME     its stylesheet and script (only the files shipped in static/)
-    GET  /config          {"classes": N, "shots": K, "eval_iters": k, "model": text}
-    POST /preview         {"drawing": D}                    -> {"image": 28 x 28 of 0/1}
-    POST /learn           {"support": [D] * (N*K), "query": D}
-                          -> {"support": images, "query": image, "meta": result,
-                              "scratch": result, "seconds": time of the request}
+    GET  /, /explore      the pages (static/index.html, static/explore.html)
+    GET  /static/NAME     their stylesheets and scripts (only the files shipped in static/)
+    GET or POST /NAME     an app's JSON endpoint: the drawing page's (``drawing.py``) and the
+                          explore page's (``explore.py``); a POST's body is a JSON object
 
-A drawing D is a list of strokes, a stroke a list of [x, y] points; the support drawings come
-class by class (class 0's K shots first). A result is ``Learner.learn``'s (the probabilities
-after every inner step, the predicted class). Errors are {"error": one line} with a 4xx
-status: 400 for input the page can show (an empty canvas, a wrong number of drawings, a
-drawing over the caps below, a number out of range, not JSON), 403 a foreign Host or Origin,
-404 an unknown path, 405 a wrong method, 408 a body that came too slowly, 411 no
+Errors are {"error": one line} with a 4xx status: 400 for input the page can show (an empty
+canvas, a wrong number of drawings, a number out of range, not JSON), 403 a foreign Host or
+Origin, 404 an unknown path, 405 a wrong method, 408 a body that came too slowly, 411 no
 Content-Length, 413 a body over MAX_BODY, 415 a POST body not declared JSON (501 a method
 http.server does not know, 503 all threads busy); a bug is a 500 with its one line, and the
 server goes on.
@@ -29,19 +23,17 @@ send requests to it, and any program on the machine can connect. So:
   another site makes with fetch; a missing Origin (curl, the page's own GETs) is fine;
 - a POST must be Content-Type: application/json (else 415): a page of another site may post
   text/plain without asking, but JSON only after a CORS preflight, which is never granted;
-- a drawing has at most MAX_STROKES strokes and MAX_POINTS points in all, x and y within
-  +/-MAX_COORD (else 400); numbers are read as floats, so an integer too large for one is
-  refused like Infinity and NaN;
-- the CPU work of /preview and /learn (checking and converting the drawings, the learning)
-  runs under one lock, one request at a time;
+- numbers in a body are read as floats (an integer too large for one becomes infinity, which
+  the apps refuse), and each app caps what a request may ask for (drawings, tasks, steps);
+- the apps' CPU work runs under one lock, one request at a time;
 - a client has DEADLINE seconds from connecting to send its whole request (headers and body;
   a slow one is dropped, with a 408 if its headers came), and as long for each write of the
   answer;
 - at most THREADS connections are served at once, a thread each; one more is answered 503
   at once, and closed.
 
-Each connection carries one request (HTTP/1.0). ``make_server`` takes the deadline and the
-number of threads (the tests use a short deadline).
+Each connection carries one request (HTTP/1.0). ``make_server`` takes the apps, the deadline
+and the number of threads (the tests use a short deadline).
 """
 import io
 import json
@@ -55,21 +47,17 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from ..errors import UserError
-from .preprocess import drawing_to_input
 
 HOST = "127.0.0.1"
 LOCAL_NAMES = (HOST, "localhost", "[::1]")  # the names this server answers to, in Host
 MAX_BODY = 1 << 20          # bytes: a busy drawing is a few kB per canvas
-MAX_STROKES = 100           # strokes in a drawing: a character has a handful
-MAX_POINTS = 2000           # points in a drawing: the page keeps one per 1/200 of a pad's width
-MAX_COORD = 1e6             # |x| and |y|: the page sends fractions of a pad's width
 DEADLINE = 10.0             # seconds a client has to send its request
 THREADS = 8                 # connections served at once
 STATIC = os.path.join(os.path.dirname(__file__), "static")
-FILES = {"index.html": "text/html", "demo.css": "text/css", "demo.js": "text/javascript"}
+PAGES = {"/": "index.html", "/explore": "explore.html"}
+FILES = {"index.html": "text/html", "demo.css": "text/css", "demo.js": "text/javascript",
+         "explore.html": "text/html", "explore.js": "text/javascript"}
 
 
 class BadRequest(Exception):
@@ -80,97 +68,17 @@ class BadRequest(Exception):
         self.status = status
 
 
-class DemoApp:
-    """What the endpoints answer: N-way K-shot drawings in, the learner's results out.
-
-    learner: a ``Learner``; classes, shots: N and K (the page's canvases); model: a line
-    describing the checkpoint, shown on the page. A request's drawings are checked, converted
-    and learned from under ``lock``: the CPU work runs one request at a time.
-    """
-
-    def __init__(self, learner, classes, shots, model):
-        self.learner, self.classes, self.shots, self.model = learner, classes, shots, model
-        self.lock = threading.Lock()
-
-    def config(self):
-        return {"classes": self.classes, "shots": self.shots,
-                "eval_iters": self.learner.cfg.eval_iters, "model": self.model}
-
-    def preview(self, body):
-        """The /preview answer: the drawing as the model sees it."""
-        drawing = _field(body, "drawing")
-        with self.lock:
-            return {"image": _image(drawing_to_input(_drawing(drawing, "drawing")))}
-
-    def learn(self, body):
-        """The /learn answer, timed from the parsed body to the last probability."""
-        t0 = time.perf_counter()
-        support, query = _field(body, "support"), _field(body, "query")
-        n = self.classes * self.shots
-        if not isinstance(support, list) or len(support) != n:
-            got = f"{len(support)}" if isinstance(support, list) else type(support).__name__
-            raise BadRequest(400, f"'support' must be a list of {n} drawings ({self.classes} "
-                                  f"classes x {self.shots} each), got {got}")
-        names = [f"class {c + 1}, example {s + 1}" if self.shots > 1 else f"class {c + 1}"
-                 for c in range(self.classes) for s in range(self.shots)]
-        with self.lock:
-            strokes = [_drawing(d, name) for d, name in zip(support + [query], names + ["query"])]
-            x = np.stack([drawing_to_input(s) for s in strokes])     # (N*K + 1, 28, 28, 1)
-            result = self.learner.learn(x[:-1], np.repeat(np.arange(self.classes), self.shots),
-                                        x[-1])
-        for r in result.values():
-            r["steps"] = [[round(p, 5) for p in row] for row in r["steps"]]
-        return {"support": [_image(xi) for xi in x[:-1]], "query": _image(x[-1]), **result,
-                "seconds": time.perf_counter() - t0}
-
-
-def _field(body, name):
+def field(body, name):
+    """body[name] of a POST's JSON object; BadRequest (400) when it has none."""
     if not isinstance(body, dict) or name not in body:
         raise BadRequest(400, f"the request needs a JSON object with '{name}'")
     return body[name]
 
 
-def _drawing(drawing, name):
-    """A drawing's strokes as float arrays (n, 2); BadRequest naming the canvas if it is not
-    a list of strokes of [x, y] points, or has none, or is over the caps (MAX_STROKES strokes,
-    MAX_POINTS points, coordinates within +/-MAX_COORD). The caps are checked before the
-    points: a drawing over them costs no more than counting its strokes."""
-    if not isinstance(drawing, list):
-        raise BadRequest(400, f"{name}: a drawing must be a list of strokes")
-    if not drawing:
-        raise BadRequest(400, f"{name}: the canvas is empty; draw a character there")
-    if len(drawing) > MAX_STROKES:
-        raise BadRequest(400, f"{name}: {len(drawing)} strokes; a drawing may have at most "
-                              f"{MAX_STROKES}")
-    bad_stroke = BadRequest(400, f"{name}: a stroke must be a non-empty list of [x, y] points, "
-                                 f"numbers from -{MAX_COORD:,.0f} to {MAX_COORD:,.0f}")
-    if not all(isinstance(stroke, list) and stroke for stroke in drawing):
-        raise bad_stroke
-    points = sum(len(stroke) for stroke in drawing)
-    if points > MAX_POINTS:
-        raise BadRequest(400, f"{name}: {points} points; a drawing may have at most "
-                              f"{MAX_POINTS}")
-    if not all(_point(p) for stroke in drawing for p in stroke):
-        raise bad_stroke
-    return [np.asarray(stroke, np.float64) for stroke in drawing]
-
-
-def _point(p):
-    """Whether p is [x, y] with x and y within +/-MAX_COORD (NaN and infinities are not; the
-    body's numbers are all floats, see ``Handler._read_json``)."""
-    return isinstance(p, list) and len(p) == 2 and all(
-        isinstance(v, float) and abs(v) <= MAX_COORD for v in p)
-
-
-def _image(x):
-    """28 rows of 28 ints, 0 ink and 1 background, from a (28, 28, 1) input."""
-    return x[..., 0].astype(int).tolist()
-
-
 def _static_name(path):
-    """The file of static/ a GET path asks for ("/" is the page), or None."""
-    name = "index.html" if path == "/" else path[len("/static/"):]
-    return name if (path == "/" or path.startswith("/static/")) and name in FILES else None
+    """The file of static/ a GET path asks for (a page or /static/NAME), or None."""
+    name = PAGES.get(path) or (path[len("/static/"):] if path.startswith("/static/") else "")
+    return name if name in FILES and os.path.exists(os.path.join(STATIC, name)) else None
 
 
 def _route(target):
@@ -234,7 +142,6 @@ class Handler(BaseHTTPRequestHandler):
     """The endpoints of the module docstring; ``self.server`` is the ``DemoServer``."""
 
     server_version = "minireptile-demo"
-    posts = {"/learn": "learn", "/preview": "preview"}
 
     def setup(self):
         """http.server's setup, with a reader that needs the request within the deadline."""
@@ -259,19 +166,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         name = _static_name(self.route)
-        if self.route == "/config":
-            self._send_json(HTTPStatus.OK, self.server.app.config())
-        elif name:
+        if name:
             with open(os.path.join(STATIC, name), "rb") as f:
                 self._send(HTTPStatus.OK, f.read(), FILES[name] + "; charset=utf-8")
         else:
-            self._refuse()
+            self._answer(lambda: None)
 
     def do_POST(self):
-        if self.route not in self.posts:
+        self._answer(self._read_json)
+
+    def _answer(self, body):
+        """The app's answer to this request, body() its parsed body, as JSON."""
+        answer = self.server.routes.get((self.command, self.route))
+        if answer is None:
             return self._refuse()
         try:
-            reply = getattr(self.server.app, self.posts[self.route])(self._read_json())
+            reply = answer(body())
         except BadRequest as exc:
             return self.send_error(exc.status, str(exc))
         except UserError as exc:            # e.g. a shape the model refuses
@@ -280,16 +190,14 @@ class Handler(BaseHTTPRequestHandler):
             self.log_error("%s", traceback.format_exc())
             return self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR,
                                    f"internal error ({type(exc).__name__}: {exc})")
-        if self.route == "/learn":
-            self.log_message("learn: %.3f s; meta-learned says class %d, scratch class %d",
-                             reply["seconds"], reply["meta"]["predicted"] + 1,
-                             reply["scratch"]["predicted"] + 1)
+        if isinstance(reply, dict) and "seconds" in reply:
+            self.log_message("%s %s: %.3f s", self.command, self.route, reply["seconds"])
         self._send_json(HTTPStatus.OK, reply)
 
     def _refuse(self):
         """405 for a known path asked with the wrong method, 404 for any other."""
         path = self.route
-        if path in self.posts or path == "/config" or _static_name(path):
+        if any(p == path for _, p in self.server.routes) or _static_name(path):
             self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} {path} is not "
                                                            f"supported")
         else:
@@ -354,15 +262,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class DemoServer(ThreadingHTTPServer):
-    """The demo's HTTP server on address, answering app: a thread per connection, at most
-    threads at a time; one more is answered 503 at once by the accepting thread, and closed.
-    deadline: the seconds a client has to send its request (see ``Handler``)."""
+    """The demo's HTTP server on address, answering the apps' routes (each app's ``routes()``:
+    {(method, path): answer(body)}): a thread per connection, at most threads at a time; one
+    more is answered 503 at once by the accepting thread, and closed. deadline: the seconds
+    a client has to send its request (see ``Handler``)."""
 
     daemon_threads = True
 
-    def __init__(self, address, app, deadline, threads):
+    def __init__(self, address, apps, deadline, threads):
         super().__init__(address, Handler)
-        self.app, self.deadline = app, deadline
+        self.routes = {key: answer for app in apps for key, answer in app.routes().items()}
+        self.deadline = deadline
         self.slots = threading.BoundedSemaphore(threads)
         body = json.dumps({"error": f"the demo server is busy ({threads} connections); "
                                     f"try again"}).encode()
@@ -393,15 +303,17 @@ class DemoServer(ThreadingHTTPServer):
         self.shutdown_request(request)
 
 
-def make_server(app, port=None, tries=20, deadline=DEADLINE, threads=THREADS):
-    """A DemoServer for app on 127.0.0.1: on port, or the first free one from 8000 on.
+def make_server(apps, port=None, tries=20, deadline=DEADLINE, threads=THREADS):
+    """A DemoServer for the apps (one, or a list) on 127.0.0.1: on port, or the first free one
+    from 8000 on.
 
     A given port that is taken raises UserError (one line).
     """
     ports = [port] if port is not None else range(8000, 8000 + tries)
     for p in ports:
         try:
-            return DemoServer((HOST, p), app, deadline, threads)
+            return DemoServer((HOST, p), apps if isinstance(apps, (list, tuple)) else [apps],
+                              deadline, threads)
         except OSError as exc:
             if port is not None:
                 raise UserError(f"port {p} on {HOST} is in use or not allowed ({exc.strerror}); "
