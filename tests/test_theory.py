@@ -287,7 +287,8 @@ def test_cli_omniglot_coefficients_from_a_checkpoint(tmp_path):
     folder, out = str(tmp_path / "ck"), tmp_path / "o.json"
     theta = np.random.default_rng(0).normal(0, 0.05, 111936 + 257 * 5)
     checkpoint.save(folder, theta, {}, np.random.default_rng(0), 1,
-                    {"classes": 5, "train_shots": 10, "inner_batch": 10})
+                    {"dataset": "omniglot", "classes": 5, "train_shots": 10,
+                     "inner_batch": 10})                  # as a train checkpoint names them
     assert main(["theory", "coefficients", "--model", "omniglot", "--checkpoint", folder,
                  "--tasks", "4", "--groups", "2", "--max-k", "2", "--alphas", "1e-4",
                  "--json", str(out), "--plot", str(tmp_path / "o.png"), "--threads", "1"]) == 0
