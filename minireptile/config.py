@@ -48,7 +48,7 @@ class TrainConfig:
     eval_interval: int = 500
     weight_decay: float = 1.0   # multiply theta by this before every inner step (1 = off)
     transductive: bool = False
-    algo: str = "reptile"       # reptile | fomaml | maml | combination
+    algo: str = "reptile"       # reptile | fomaml | maml | imaml | combination
     foml_tail: int = 0          # separate tail: shots per class taken out of train_shots
     combination: str = ""       # section 6.2: last | sum | mean | w1,...,wk (algo combination)
     sgd: bool = False
@@ -56,6 +56,10 @@ class TrainConfig:
     sequential: bool = False
     outer: str = "sgd"          # the outer optimizer: sgd (Eq. 5) | adam
     maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
+    imaml_lambda: float = 1.0   # iMAML: the proximal term's strength lambda
+    cg_steps: int = 5           # iMAML: conjugate-gradient iterations for (I + H / lambda)^(-1)
+    cg_damping: float = 0.0     # iMAML: the authors' damping, ((1 + d) I + H / (lambda + d'))
+    cg_lambda_damping: float = 0.0   # ... its d' (0, 0: the paper's system)
     seed: int = 0
     checkpoint_interval: int = 100
     eval_tasks_during: int = 20  # tasks per split in the periodic quick estimate
@@ -79,7 +83,7 @@ class TrainConfig:
                                                          ("learning_rate", "weight_decay")):
                 kind = "non-negative" if name.startswith("meta") else "positive"
                 raise UserError(f"--{flag(name)} must be a {kind} number, got {value}")
-        for name, allowed in (("algo", ("reptile", "fomaml", "maml", "combination")),
+        for name, allowed in (("algo", ("reptile", "fomaml", "maml", "imaml", "combination")),
                               ("network", ("reptile", "maml")), ("outer", ("sgd", "adam")),
                               ("dataset", ("omniglot", "miniimagenet"))):
             if getattr(self, name) not in allowed:
@@ -90,8 +94,10 @@ class TrainConfig:
         if self.algo == "maml" and not self.sgd:
             raise UserError("exact MAML differentiates through SGD inner steps (Eqs. 17-21): "
                             "add --sgd")
-        if self.foml_tail and self.algo not in ("fomaml", "maml"):
-            raise UserError("--foml-tail applies to --foml / --algo fomaml (or maml)")
+        if self.foml_tail and self.algo not in ("fomaml", "maml", "imaml"):
+            raise UserError("--foml-tail applies to --foml / --algo fomaml (or maml, imaml)")
+        if self.algo == "imaml":
+            self.check_imaml()
         shots = self.train_shots or self.shots
         if self.foml_tail and not self.foml_tail < shots:
             raise UserError(f"--foml-tail {self.foml_tail} must be below --train-shots "
@@ -108,6 +114,31 @@ class TrainConfig:
         return self
 
 
+    def check_imaml(self):
+        """iMAML-GD: full-batch gradient descent on the support set, a positive lambda."""
+        if not self.sgd:
+            raise UserError("iMAML-GD solves its inner problem by gradient descent: add --sgd")
+        support = self.classes * ((self.train_shots or self.shots) - self.foml_tail)
+        if self.inner_batch != support or self.inner_iters < 2:
+            raise UserError(f"iMAML's inner loop is gradient descent on the whole support set: "
+                            f"--inner-batch {support} (N x the shots left after --foml-tail) "
+                            f"and --inner-iters 2 or more (the last is the test batch)")
+        if self.weight_decay != 1:
+            raise UserError("iMAML's proximal term replaces --weight-decay; drop it")
+        for name in ("imaml_lambda", "cg_damping", "cg_lambda_damping"):
+            value = getattr(self, name)
+            kind = "positive" if name == "imaml_lambda" else "non-negative"
+            if not math.isfinite(value) or value < 0 or (name == "imaml_lambda" and not value):
+                raise UserError(f"--{flag(name)} must be a {kind} number, got {value}")
+        if self.cg_steps < 1:
+            raise UserError(f"--cg-steps must be at least 1, got {self.cg_steps}")
+
+    def imaml(self):
+        """iMAML's options for ``meta.delta_rule``."""
+        return {"lam": self.imaml_lambda, "cg_steps": self.cg_steps,
+                "damping": self.cg_damping, "lam_damping": self.cg_lambda_damping}
+
+
 def flag(name):
     """The command-line flag of a TrainConfig field: learning_rate -> learning-rate."""
     return name.replace("_", "-")
@@ -122,7 +153,7 @@ PAPER = dict(classes=5, shots=5, train_shots=0, inner_batch=5, inner_iters=20,
 # Finn et al.'s Omniglot commands (cbfinn/maml main.py's docstring): N -> (meta_batch_size,
 # update_lr, num_updates); both with metatrain_iterations=40000 and outer Adam at meta_lr 0.001
 FINN = {5: (32, 0.4, 1), 20: (16, 0.1, 5)}
-PRESETS = ("quick", "paper", "maml")
+PRESETS = ("quick", "paper", "maml", "imaml")
 
 
 def preset(name, classes=None, shots=None):
@@ -148,6 +179,8 @@ def preset(name, classes=None, shots=None):
         return {}
     if name == "paper":
         return dict(PAPER)
+    if name == "imaml":
+        return imaml_preset(classes, shots)
     if name != "maml":
         raise UserError(f"unknown --defaults {name!r}; expected {', '.join(PRESETS)}")
     n, k = classes or 5, shots or 1
@@ -161,6 +194,30 @@ def preset(name, classes=None, shots=None):
                 meta_batch=meta_batch, meta_iters=40000, eval_batch=n * k, eval_iters=10,
                 eval_samples=600, transductive=True, eval_interval=1000,
                 eval_tasks_during=100)
+
+
+def imaml_preset(classes=None, shots=None):
+    """Rajeswaran et al.'s iMAML-GD settings for N-way K-shot Omniglot (aravindr93/imaml_dev:
+    examples/README.md's command, omniglot_implicit_maml.py, implicit_maml/learner_model.py):
+      - --inner_lr 1e-1 on the mean cross-entropy of the N K support images
+        (``torch.nn.CrossEntropyLoss()``): our summed loss with --learning-rate 0.1 / (N K);
+      - --n_steps 16 gradient steps, --lam 2.0, --cg_steps 5, --cg_damping 1.0: their system
+        is ``(1.0 + regu_coef) * v + hvp / (lam + lam_damping)`` with regu_coef the
+        cg_damping and lam_damping 10 (``matrix_evaluator``'s default);
+      - --task_mb_size 32, outer Adam --outer_lr 1e-3, at least 20,000 meta-steps;
+      - test: 600 tasks, 16 steps of 0.1 with --lam 0.0 (plain fine-tuning), the query
+        batch's own batch-norm statistics (``track_running_stats=False``): transductive;
+      - their CNN flattens 2x2x64 features with a batch-norm scale, as the paper's network.
+    Their inner loop takes the 16 steps on the plain loss, then one step on the proximal
+    term; ours takes the 16 steps on the proximal problem (the paper's iMAML-GD).
+    """
+    n, k = classes or 5, shots or 1
+    return dict(classes=n, shots=k, train_shots=2 * k, foml_tail=k, inner_batch=n * k,
+                inner_iters=17, learning_rate=0.1 / (n * k), sgd=True, algo="imaml",
+                imaml_lambda=2.0, cg_steps=5, cg_damping=1.0, cg_lambda_damping=10.0,
+                outer="adam", meta_step=1e-3, meta_step_final=1e-3, meta_batch=32,
+                meta_iters=20000, eval_batch=n * k, eval_iters=16, eval_samples=600,
+                transductive=True, eval_interval=1000, eval_tasks_during=100)
 
 
 def from_saved(config):
@@ -215,8 +272,10 @@ def combination_weights(spec, k):
 IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
-            "seed", "dataset", "augment", "network")
-OLD_DEFAULTS = {"combination": "", "outer": "sgd", "network": "reptile"}   # not saved before
+            "seed", "dataset", "augment", "network", "imaml_lambda", "cg_steps", "cg_damping",
+            "cg_lambda_damping")
+OLD_DEFAULTS = {"combination": "", "outer": "sgd", "network": "reptile",   # not saved before
+                "imaml_lambda": 1.0, "cg_steps": 5, "cg_damping": 0.0, "cg_lambda_damping": 0.0}
 
 
 def differences(saved, config, fields=IDENTITY):

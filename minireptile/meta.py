@@ -12,7 +12,9 @@ combined is ``metabatch.py``.
         fomaml_delta          phi_k - phi_{k-1}, the last inner update     section 2
         combination_delta     sum_j w_j (phi_j - phi_{j-1})                section 6.2
         maml_delta            -alpha g_MAML                                Eqs. (17)-(21)
+        imaml_delta           -alpha g_iMAML         Rajeswaran et al. 2019, Algorithm 2
     g_MAML                    maml_gradient     (I - alpha H_1) ... (I - alpha H_k) g_test
+    g_iMAML                   imaml_gradient    (I + H / lam)^(-1) g_test(phi), by CG
     theta <- theta + epsilon mean_i Delta_i       outer_step (metabatch.meta_update)
 
 One convention for epsilon, the paper's code's: the outer step adds epsilon times the mean
@@ -33,7 +35,7 @@ from typing import NamedTuple
 from .backend import get_xp
 from .optim import SGD
 
-ALGOS = ("reptile", "fomaml", "maml")             # the named ones; also "combination"
+ALGOS = ("reptile", "fomaml", "maml", "imaml")    # the named ones; also "combination"
 
 
 class Step(NamedTuple):
@@ -180,6 +182,72 @@ def maml_delta(model, theta, batches, optimizer, weight_decay=1.0, reuse=True):
     return -optimizer.lr * g, loss
 
 
+def imaml_gradient(model, theta, train_batch, test_batch, alpha, steps, lam, cg_steps,
+                   damping=0.0, lam_damping=0.0):
+    """Implicit MAML's meta-gradient (Rajeswaran, Finn, Kakade, Levine 2019, iMAML-GD).
+
+        phi ~ Alg*(theta) = argmin_phi L_train(phi) + (lam / 2) ||phi - theta||^2
+              (their proximally regularised inner problem), by `steps` steps of gradient
+              descent on it from phi_0 = theta (iMAML-GD):
+              phi_i = phi_{i-1} - alpha (L_train'(phi_{i-1}) + lam (phi_{i-1} - theta))
+        g_iMAML = (I + H / lam)^(-1) L_test'(phi),  H = L_train''(phi)
+              (their Lemma 1, the implicit Jacobian dAlg*/dtheta = (I + H / lam)^(-1)), by
+              `cg_steps` iterations of conjugate gradient on the exact H v (their Algorithm
+              2): memory one pass's activations, whatever `steps` is
+
+    damping, lam_damping: the system the authors' code solves, ((1 + damping) I +
+    H / (lam + lam_damping)) g = L_test'(phi) (implicit_maml/learner_model.py,
+    ``matrix_evaluator``: regu_coef, lam_damping); 0, 0 is the paper's.
+    theta: (P,) or (n, P); train_batch, test_batch: (x, y). Returns (g_iMAML, the CG
+    residual ||b - A g|| per task, the loss of the training batch at theta).
+    """
+    phi, first = theta, None
+    for _ in range(steps):                             # phi_i, gradient descent on Eq. (4)
+        loss, g = model.loss_and_grad(phi, *train_batch)
+        first = loss if first is None else first
+        phi = phi - alpha * (g + lam * (phi - theta))
+    _, v = model.loss_and_grad(phi, *test_batch)                      # L_test'(phi)
+    loss, _, hvp = model.linearize(phi, *train_batch)                 # v -> H v at phi
+    first = loss if first is None else first
+    scale = 1 / (lam + lam_damping)
+    g, residual = conjugate_gradient(lambda u: (1 + damping) * u + scale * hvp(u), v, cg_steps)
+    return g, residual, first
+
+
+def conjugate_gradient(apply, b, steps):
+    """x ~ A^(-1) b by `steps` iterations of conjugate gradient from x = 0, with A symmetric
+    positive definite given as apply(v) = A v; every task of b's leading axes on its own.
+
+        r = b - A x,  p = r;  each step:  a = r.r / p.Ap,  x += a p,  r -= a Ap,
+                                          p = r + (r.r / r_old.r_old) p
+    Returns (x, the residual norm ||b - A x|| per task). A task whose residual is 0 stops.
+    """
+    xp = get_xp(b)
+    x, r = xp.zeros_like(b), b
+    p, rr = r, (r * r).sum(axis=-1, keepdims=True)
+    for _ in range(steps):
+        ap = apply(p)
+        pap = (p * ap).sum(axis=-1, keepdims=True)
+        a = xp.where(pap > 0, rr / xp.where(pap > 0, pap, 1), 0)
+        x, r = x + a * p, r - a * ap
+        rr_new = (r * r).sum(axis=-1, keepdims=True)
+        p = r + xp.where(rr > 0, rr_new / xp.where(rr > 0, rr, 1), 0) * p
+        rr = rr_new
+    return x, xp.sqrt(rr[..., 0])
+
+
+def imaml_delta(model, theta, batches, optimizer, lam, cg_steps, damping=0.0, lam_damping=0.0):
+    """Delta = -alpha g_iMAML: k - 1 steps of gradient descent on the proximal problem on
+    batches[0] (the support set, full batch), the test batch batches[-1].   See
+    ``imaml_gradient``. In parameter units like MAML's; the inner loop must be SGD."""
+    if not isinstance(optimizer, SGD):
+        raise ValueError("iMAML-GD solves its inner problem by gradient descent; use SGD")
+    alpha = optimizer.lr
+    g, _, loss = imaml_gradient(model, theta, batches[0], batches[-1], alpha,
+                                len(batches) - 1, lam, cg_steps, damping, lam_damping)
+    return -alpha * g, loss
+
+
 def _last_step(model, theta, batches, optimizer, weight_decay):
     """(the inner loop's last ``Step``, the loss of its first mini-batch)."""
     if not batches:
@@ -192,15 +260,20 @@ def _last_step(model, theta, batches, optimizer, weight_decay):
 
 
 DELTAS = {"reptile": reptile_delta, "fomaml": fomaml_delta, "combination": combination_delta,
-          "maml": maml_delta}
+          "maml": maml_delta, "imaml": imaml_delta}
 
 
-def delta_rule(algo, weight_decay=1.0, weights=None, reuse=True):
+def delta_rule(algo, weight_decay=1.0, weights=None, reuse=True, imaml=None):
     """The algorithm's Delta as one function (model, theta, batches, optimizer) ->
-    (Delta, loss of the first mini-batch), its options bound: weight decay for all, the
-    weights w_j of a combination, and exact MAML's memory for time (``maml_gradient``)."""
+    (Delta, loss of the first mini-batch), its options bound: weight decay (all but iMAML),
+    the weights w_j of a combination, exact MAML's memory for time (``maml_gradient``), and
+    iMAML's dict of lam, cg_steps, damping, lam_damping (``imaml_gradient``)."""
     if algo not in DELTAS:
         raise ValueError(f"unknown algorithm {algo!r}; expected one of {', '.join(DELTAS)}")
+    if algo == "imaml":
+        if weight_decay != 1:
+            raise ValueError("iMAML's proximal term replaces weight decay; use 1")
+        return partial(imaml_delta, **{"lam": 1.0, "cg_steps": 5, **(imaml or {})})
     options = {"weight_decay": weight_decay}
     if algo == "combination":
         options["weights"] = weights

@@ -37,7 +37,7 @@ GRID = 50              # points of the loss's grid
 SINE = 3               # first entry of a meta-iteration's task key (task_rng)
 # per algorithm: (meta_step, meta_step_final, outer optimizer) when not given
 DEFAULTS = {"reptile": (1.0, 0.0, "sgd"), "fomaml": (1e-3, 1e-4, "adam"),
-            "maml": (1e-3, 1e-4, "adam")}
+            "maml": (1e-3, 1e-4, "adam"), "imaml": (1e-3, 1e-4, "adam")}
 
 
 class SineTasks(NamedTuple):
@@ -83,6 +83,8 @@ class SineConfig:
     outer: str = None
     meta_batch: int = 10
     shared_tail: bool = False     # FOMAML/MAML's last step on the p points, not the grid
+    imaml_lambda: float = 1.0     # iMAML: the proximal term's strength
+    cg_steps: int = 5             # iMAML: conjugate-gradient iterations
     activation: str = "tanh"
     eval_tasks: int = 100
     eval_iters: int = 32
@@ -107,6 +109,8 @@ class SineConfig:
                 kind = "positive" if name == "inner_lr" else "non-negative"
                 raise UserError(f"--{name.replace('_', '-')} must be a {kind} number, "
                                 f"got {value}")
+        if cfg.imaml_lambda <= 0 or cfg.cg_steps < 1:
+            raise UserError("--imaml-lambda must be positive and --cg-steps at least 1")
         if cfg.shared_tail and cfg.algo == "reptile":
             raise UserError("--shared-tail applies to --algo fomaml or maml (Reptile has no "
                             "tail)")
@@ -135,7 +139,9 @@ def meta_train(model, theta, cfg, callback=None, comm=LOCAL):
     if comm.size > cfg.meta_batch:
         raise UserError(f"--meta-batch {cfg.meta_batch} over {comm.size} processes: every "
                         f"process needs a task")
-    rule, optimizer = delta_rule(cfg.algo), SGD(cfg.inner_lr)
+    imaml = {"lam": cfg.imaml_lambda, "cg_steps": cfg.cg_steps}
+    rule = delta_rule(cfg.algo, imaml=imaml if cfg.algo == "imaml" else None)
+    optimizer = SGD(cfg.inner_lr)
     outer = Adam(cfg.meta_step, beta1=0.9) if cfg.outer == "adam" else None
     here, reduce = comm.share(cfg.meta_batch), comm.reducer(cfg.meta_batch)
     rows = slice(here.start, here.stop)

@@ -99,7 +99,8 @@ def rule(cfg):
     """cfg's Delta rule (``meta.delta_rule``): its algorithm, weight decay, combination
     weights and exact MAML's memory path."""
     weights = combination_weights(cfg.combination, cfg.inner_iters) if cfg.combination else None
-    return delta_rule(cfg.algo, cfg.weight_decay, weights, reuse=not cfg.maml_recompute)
+    return delta_rule(cfg.algo, cfg.weight_decay, weights, reuse=not cfg.maml_recompute,
+                      imaml=cfg.imaml() if cfg.algo == "imaml" else None)
 
 
 def check_split(meta_batch, comm, sequential=False):
@@ -227,8 +228,9 @@ def warn_test_step(cfg, stream):
     one it learned its initialisation for: the loss sums over a batch, so an SGD step on
     --eval-batch B' images is B'/B of one on --inner-batch B. (The earlier MAML experiment
     trained on batches of 10 and was evaluated on 5: docs/reproduce.md.)"""
-    if cfg.algo == "maml" and cfg.eval_batch != cfg.inner_batch:
-        print(f"warning: exact MAML with --eval-batch {cfg.eval_batch} and --inner-batch "
+    if cfg.algo in ("maml", "imaml") and cfg.eval_batch != cfg.inner_batch:
+        name = {"maml": "exact MAML", "imaml": "iMAML"}[cfg.algo]
+        print(f"warning: {name} with --eval-batch {cfg.eval_batch} and --inner-batch "
               f"{cfg.inner_batch}: the test-time step is {cfg.eval_batch}/{cfg.inner_batch} of "
               f"the trained one (the loss is a sum over the batch)", file=stream, flush=True)
 

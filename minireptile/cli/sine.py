@@ -36,6 +36,10 @@ def register(sub):
                    help=f"n, tasks per outer step (default {d.meta_batch})")
     p.add_argument("--shared-tail", action="store_true",
                    help="fomaml: last gradient on the 10 points, not on the loss's grid")
+    p.add_argument("--imaml-lambda", type=float, default=d.imaml_lambda, metavar="LAMBDA",
+                   help=f"imaml: the proximal term's strength (default {d.imaml_lambda})")
+    p.add_argument("--cg-steps", type=int, default=d.cg_steps, metavar="N",
+                   help=f"imaml: conjugate-gradient iterations (default {d.cg_steps})")
     p.add_argument("--activation", choices=("tanh", "relu"), default=d.activation,
                    help=f"hidden activation of the MLP (default {d.activation})")
     p.add_argument("--eval-tasks", type=int, default=d.eval_tasks,

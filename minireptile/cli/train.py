@@ -52,8 +52,18 @@ def register(sub):
                    help="sample inner mini-batches with replacement instead of cycling")
     p.add_argument("--transductive", action="store_true",
                    help="classify all test samples in one batch (shared batch norm)")
-    p.add_argument("--algo", choices=("reptile", "fomaml", "maml"), default=None,
-                   help="meta-algorithm (default reptile; maml is exact and needs --sgd)")
+    p.add_argument("--algo", choices=("reptile", "fomaml", "maml", "imaml"), default=None,
+                   help="meta-algorithm (default reptile; maml is exact, imaml implicit "
+                        "(Rajeswaran et al. 2019); both need --sgd)")
+    p.add_argument("--imaml-lambda", type=float, default=None, metavar="LAMBDA",
+                   help=f"iMAML: the proximal term's strength (default {d.imaml_lambda})")
+    p.add_argument("--cg-steps", type=int, default=None, metavar="N",
+                   help=f"iMAML: conjugate-gradient iterations (default {d.cg_steps})")
+    p.add_argument("--cg-damping", type=float, default=None, metavar="D",
+                   help="iMAML: solve ((1 + D) I + H / (LAMBDA + D')) g = L_test' as the "
+                        "authors' code does (default 0, the paper's system)")
+    p.add_argument("--cg-lambda-damping", type=float, default=None, metavar="D'",
+                   help="iMAML: the D' above (default 0; the authors' code uses 10)")
     p.add_argument("--foml", action="store_true", help="the paper's spelling of --algo fomaml")
     p.add_argument("--foml-tail", type=int, default=None, metavar="SHOTS",
                    help="FOMAML's separate tail: SHOTS of every class's --train-shots are kept "
@@ -86,7 +96,9 @@ def register(sub):
                         "run), paper (supervised-reptile's args.py, which the paper's "
                         "commands assume: e.g. --shots 5, --eval-samples 10000) or maml "
                         "(Finn et al.'s MAML for the given --classes 5 or 20 and --shots: "
-                        "--algo maml --network maml, 1 or 5 SGD steps, outer Adam 0.001)")
+                        "--algo maml --network maml, 1 or 5 SGD steps, outer Adam 0.001) or "
+                        "imaml (Rajeswaran et al.'s iMAML-GD: 16 steps, lambda 2, 5 CG "
+                        "steps)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="checkpoint folder: resumed if it holds one, written every "
                         "--checkpoint-interval iterations and on Ctrl-C")

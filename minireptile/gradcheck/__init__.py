@@ -8,7 +8,9 @@ rule and inputs kept off kinks are in ``gradcheck/core.py``).
 
 The meta-gradients (``meta.py``) are checked on the same models: exact MAML against
 differences of the unrolled loss, FOMAML and Reptile against their definitions, and the
-Taylor expansion of Eqs. (25)-(27) (``gradcheck/meta.py``).
+Taylor expansion of Eqs. (25)-(27) (``gradcheck/meta.py``); iMAML's implicit meta-gradient
+against a direct solve with the full Hessian and against differences of the test loss at the
+solved inner problem, with its CG residual (``gradcheck/imaml.py``).
 
 ``cases(family)`` lists the checks of 'mlp', 'omniglot' or 'miniimagenet' as ``Case``
 objects; ``run_checks`` runs them and returns ``Row``s; ``format_table`` prints them.
@@ -22,12 +24,13 @@ from ..errors import UserError
 from ..layers import Linear, ReLU, Tanh
 from ..losses import MSE, SoftmaxCrossEntropy
 from .core import H, TOL, Case, Row, away_from_zero, compare, coord_grad, distinct
+from .imaml import check_imaml
 from .meta import check_meta
 from .passes import check_layer, check_loss, check_model, kink_margin, pool_gap
 
 __all__ = ["H", "TOL", "FAMILIES", "Case", "Row", "compare", "coord_grad", "away_from_zero",
            "distinct", "check_layer", "check_loss", "check_model", "check_meta", "kink_margin",
-           "pool_gap", "cases", "run_checks", "format_table"]
+           "pool_gap", "cases", "run_checks", "format_table", "check_imaml", "smooth_cnn"]
 
 FAMILIES = ("mlp", "omniglot", "miniimagenet")
 
@@ -67,6 +70,12 @@ def _meta(name, make, sample):
     return [Case(f"{name} meta", "meta", lambda r, xp: check_meta(name, make(), sample, r, xp))]
 
 
+def _imaml(name, make, sample):
+    """iMAML's implicit meta-gradient checks of one model (``gradcheck/imaml.py``)."""
+    return [Case(f"{name} imaml", "meta", lambda r, xp: check_imaml(name, make(), sample, r,
+                                                                     xp))]
+
+
 def _mlp_cases():
     cases = []
     for lead in [(), (3,), (2, 2)]:
@@ -93,7 +102,9 @@ def _mlp_cases():
             + _meta("mlp(1-64-64-1) tanh mse", lambda: models.mlp((1, 64, 64, 1), "tanh"),
                     sine_batch)
             + _meta("mlp(5-8-8-3) relu xent", lambda: models.mlp((5, 8, 8, 3), "relu", "xent"),
-                    classes_batch((5,), 3)))
+                    classes_batch((5,), 3))
+            + _imaml("mlp(1-16-16-1) tanh mse", lambda: models.mlp((1, 16, 16, 1), "tanh"),
+                     sine_batch))
 
 
 def _conv_cases(convs, pools):
@@ -120,7 +131,24 @@ def _omniglot_cases():
         lambda: models.omniglot_cnn(3, input_shape=shape, filters=3),
         classes_batch(shape, 3), leads=((), (2,))) + _meta(
         "omniglot_cnn(3) 9x9x1 filters=3",
-        lambda: models.omniglot_cnn(3, input_shape=shape, filters=3), classes_batch(shape, 3))
+        lambda: models.omniglot_cnn(3, input_shape=shape, filters=3), classes_batch(shape, 3)
+    ) + _imaml("conv-bn-tanh x2 (3) 9x9x1", lambda: smooth_cnn(shape, 3),
+               classes_batch(shape, 3))
+
+
+def smooth_cnn(shape, classes, filters=3):
+    """2 x [conv 3x3 stride 2, batch norm, tanh] -> dense: the Omniglot CNN's blocks with a
+    smooth activation, for iMAML's check (with ReLU the proximal problem's minimum sits on
+    kinks, where phi*(theta) has no derivative)."""
+    layers, c = [], shape[-1]
+    for _ in range(2):
+        layers += [conv.Conv2d(c, filters, stride=2), conv.BatchNorm(filters), Tanh()]
+        c = filters
+    out = shape
+    for layer in layers:
+        out = layer.output_shape(out)
+    layers += [conv.Flatten(), Linear(int(np.prod(out)), classes)]
+    return models.Sequential(layers, SoftmaxCrossEntropy(), shape, name="conv-bn-tanh")
 
 
 def _miniimagenet_cases():
