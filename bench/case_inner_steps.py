@@ -69,15 +69,16 @@ def run(rep, mode, args):
                 one_config(rep, args, label, {"model": name, "k": k, **runs})
 
 
-def one_config(rep, args, label, cfg):
-    """Run one configuration in a child process and add its row (or a note if it failed)."""
+def one_config(rep, args, label, cfg, case="inner_steps"):
+    """Run one configuration in a child process and add its row to `case` (or a note if it
+    failed)."""
     out = subprocess.run(child_command(cfg, args), capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
-        rep.note(f"inner_steps {cfg} failed: {out.stderr.strip().splitlines()[-1]}")
+        rep.note(f"{case} {cfg} failed: {out.stderr.strip().splitlines()[-1]}")
         return
     res = json.loads(out.stdout.strip().splitlines()[-1])
     s = cases.SETTINGS[cfg["model"]]
-    rep.row("inner_steps", f"{cfg['model']} {label} k={cfg['k']} n={s.meta_batch}",
+    rep.row(case, f"{cfg['model']} {label} k={cfg['k']} n={s.meta_batch}",
             res["times"], peak_mb=res["peak_mb"], base_mb=res["base_mb"],
             delta_mb=res["peak_mb"] - res["base_mb"])
 

@@ -35,7 +35,7 @@ from minireptile.metabatch import meta_update
 from minireptile.models import miniimagenet_cnn, mlp, omniglot_cnn
 from minireptile.optim import SGD, Adam
 
-ALGOS = ("reptile", "fomaml", "maml")
+ALGOS = ("reptile", "fomaml", "maml", "imaml")
 MAML_ALPHA = 0.01          # exact MAML's inner SGD step on the CNNs (timing does not depend on it)
 EVAL_SHOTS, EVAL_ITERS = 1, 50      # few-shot evaluation: 5-way 1-shot, 50 Adam steps
 
@@ -109,8 +109,8 @@ def workload(name, k=None, meta_batch=None, seed=0):
 
 
 def inner_optimizer(setting, algo):
-    """The paper's inner optimizer for the setting (SGD for exact MAML, always)."""
-    if algo == "maml":
+    """The paper's inner optimizer for the setting (SGD for exact MAML and iMAML, always)."""
+    if algo in ("maml", "imaml"):
         return SGD(setting.lr if setting.inner == "sgd" else MAML_ALPHA)
     return SGD(setting.lr) if setting.inner == "sgd" else Adam(setting.lr, beta1=0.0)
 
