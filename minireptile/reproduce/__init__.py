@@ -5,14 +5,15 @@
     fig1     Figure 1, sine regression: random init, after MAML, after Reptile     fig1.py
     fig3     Figure 3, inner-gradient combinations g1 ... g1+g2+g3+g4 (section 6.2)  fig3.py
     fig4     Figure 4a/4b, shared-tail against separate-tail FOMAML (section 6.3)   fig4.py
-    maml     exact MAML on Omniglot 5-way 1-shot against FOMAML and Reptile at the same
-             compute                                                      maml.py
+    maml     Table 2's MAML and FOMAML rows at Finn et al.'s settings, and the cost of
+             each algorithm per meta-iteration                            maml.py
+    imaml    iMAML's Omniglot 5-way 1-shot row at the authors' settings  imaml.py
 
 Each builds the configurations of its runs and runs them with the library (``train.run``,
 ``evaluate.run``, ``sine.run``: ``common.Session``) at a budget:
 ``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
 iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
-meaningful numbers). Several processes share its commands (``jobs``, ``common.claim``). It
+meaningful numbers). Several processes share its runs (``jobs``, ``checkpoint.locked``). It
 writes EXPERIMENT.json (every number with its 95% interval, every
 command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us) and, with
 matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
@@ -20,10 +21,11 @@ again skips what is done and resumes what is not.
 """
 from .. import checkpoint
 from ..errors import UserError
-from . import common, fig1, fig3, fig4, maml, table2
+from . import common, fig1, fig3, fig4, imaml, maml, table2
 from .common import Session
 
-EXPERIMENTS = {"table2": table2, "fig1": fig1, "fig3": fig3, "fig4": fig4, "maml": maml}
+EXPERIMENTS = {"table2": table2, "fig1": fig1, "fig3": fig3, "fig4": fig4, "maml": maml,
+               "imaml": imaml}
 BUDGETS = ("paper", "quick", "tiny")
 OUT = "runs/reproduce"   # the default folder; the committed reports are docs/results/reproduce
 
