@@ -121,7 +121,7 @@ class Session:
             return None, None
         if not record["invocations"] and os.path.exists(results):   # trained by hand
             record["wall_seconds"] = round(read_json(results)["total_seconds"], 1)
-            record["command"] = read_json(results).get("command", command)
+            ran_outside(record, results)
         return (read_json(results) if os.path.exists(results) else None), record
 
     def evaluate(self, folder, out, **options):
@@ -140,6 +140,8 @@ class Session:
             folder, stream=self.stream, out=out, **options), done)
         if record is None:
             return None, None
+        if not record["invocations"]:                    # evaluated by hand
+            ran_outside(record, out)
         return read_json(out), record
 
     def sine(self, cfg, theta_path):
@@ -194,6 +196,14 @@ class Session:
             self.say(f"wrote {name}.png")
         self.say(f"wrote {name}.json and {name}.md")
         return name + ".json"
+
+
+def ran_outside(record, results):
+    """A run made by hand rather than by reproduce: record the command its results file says
+    ran (it may differ in --threads or --split), not the one reproduce would run."""
+    ran = read_json(results).get("command")
+    if ran and ran != record["command"]:
+        record["command"], record["run_outside_reproduce"] = ran, True
 
 
 def timed(run, runs_file, command):
