@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import cases  # noqa: E402
-from minireptile import backend, parallel  # noqa: E402
+from minireptile import parallel  # noqa: E402
 
 
 def main():

@@ -9,13 +9,12 @@ own process (one CPU thread each); writes one JSON with each run's learning curv
     python examples/quick_sweep.py --budget 375000 --jobs 8 --out runs/sweep.json
 """
 import argparse
-import json
 import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from minireptile import TrainConfig, checkpoint, parallel, train_run
+from minireptile import TrainConfig, checkpoint, files, parallel, train_run
 
 CONFIGS = {
     "paper-mb5-lr1e-3": dict(meta_batch=5, inner_iters=5, inner_batch=10, train_shots=10,
@@ -74,9 +73,9 @@ def main():
                   f"+/- {100 * r['test']['ci95']:.1f}%  curve "
                   + " ".join(f"{c['iteration']}:{100 * c['test']:.0f}" for c in curve)
                   + f"  ({r['train_seconds']:.0f} s)", flush=True)
-    checkpoint.make_folder(os.path.dirname(os.path.abspath(args.out)), "--out")
-    checkpoint.write_json(args.out, dict(budget=args.budget, seconds=time.time() - t0,
-                                         runs=results))
+    files.make_folder(os.path.dirname(os.path.abspath(args.out)), "--out")
+    files.write_json(args.out, dict(budget=args.budget, seconds=time.time() - t0,
+                                    runs=results))
 
 
 if __name__ == "__main__":

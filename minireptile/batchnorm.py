@@ -94,7 +94,8 @@ class BatchNorm:
         return self._tile(total * (1 / self._count(a2)), a2)
 
     def _sum(self, mean2, a2):
-        """The per-channel sum over a2's positions from its tiled mean: (..., 1, r*C) -> (..., C)."""
+        """The per-channel sum over a2's positions from its tiled mean:
+        (..., 1, r*C) -> (..., C)."""
         return mean2[..., 0, :self.channels] * self._count(a2)
 
     def forward(self, p, x):

@@ -113,7 +113,6 @@ class TrainConfig:
             combination_weights(self.combination, self.inner_iters)
         return self
 
-
     def check_imaml(self):
         """iMAML-GD: full-batch gradient descent on the support set, a positive lambda."""
         if not self.sgd:

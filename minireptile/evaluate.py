@@ -27,7 +27,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from . import backend, checkpoint
+from . import backend, checkpoint, files
 from .backend import dtype, get_xp, to_device, to_host
 from .config import build_model, from_saved, inner_optimizer, load_data
 from .data.batches import gather, sample_each, task_rng
@@ -200,7 +200,7 @@ def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_sa
     if comm.rank != 0:
         stream = open(os.devnull, "w")
     if out:
-        checkpoint.output_file(out, "--out")
+        files.output_file(out, "--out")
     cfg, theta, optimizer, iteration = load_trained(folder)
     for name, value in (("shots", shots), ("eval_batch", eval_batch),
                         ("eval_iters", eval_iters), ("eval_samples", eval_samples),
@@ -214,7 +214,7 @@ def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_sa
                         f"{model.name} model {model.num_params}")
     splits = ("train", "test") if split == "both" else (split,)
     into = os.path.dirname(os.path.abspath(out)) if out else None
-    with (checkpoint.locked(into) if into and checkpoint.exists(into) and comm.rank == 0
+    with (files.locked(into) if into and checkpoint.exists(into) and comm.rank == 0
           else nullcontext()):                       # a run folder: one writer at a time
         results = final(model, theta, optimizer, ds, cfg, stream, seed=seed, splits=splits,
                         comm=comm)
@@ -226,7 +226,7 @@ def run(folder, data=None, shots=None, eval_batch=None, eval_iters=None, eval_sa
                                             transductive=transductive, split=split,
                                             seed=seed, out=out))
         if out and comm.rank == 0:
-            checkpoint.write_json(out, results)
+            files.write_json(out, results)
     return results
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend, checkpoint
+from . import backend, files
 from .data.batches import task_rng
 from .distributed import LOCAL
 from .errors import UserError
@@ -194,7 +194,7 @@ def run(cfg, out, stream=None, comm=LOCAL):
     returns the JSON's content (on the processes other than rank 0, None).
     """
     cfg = cfg.resolved()
-    checkpoint.make_folder(out, "--out")
+    files.make_folder(out, "--out")
     model, theta0, held_out = initial(cfg)
     valid = sample(backend.make_rng((cfg.seed, 2)), 25)
     progress = Validated(cfg.meta_iters, lambda th: validate(model, th, valid, cfg),
@@ -215,12 +215,12 @@ def run(cfg, out, stream=None, comm=LOCAL):
                 "train_seconds": round(seconds, 2),
                 "losses": {name: {str(s): v for s, v in losses.items()}
                            for name, (losses, _) in results.items()}}
-    checkpoint.write_json(os.path.join(out, f"sine-{cfg.algo}.json"), document)
-    checkpoint.atomic_write(os.path.join(out, f"theta-{cfg.algo}.npy"),
-                            lambda f: np.save(f, backend.to_host(theta)))
+    files.write_json(os.path.join(out, f"sine-{cfg.algo}.json"), document)
+    files.atomic_write(os.path.join(out, f"theta-{cfg.algo}.npy"),
+                       lambda f: np.save(f, backend.to_host(theta)))
     print(f"wrote {out}/sine-{cfg.algo}.json and theta-{cfg.algo}.npy", file=stream)
     save_figures(model, cfg, out, held_out, {cfg.algo: (theta, results[cfg.algo][1]),
-                                              "random": (theta0, results["random"][1])},
+                                             "random": (theta0, results["random"][1])},
                  stream)
     return document
 
@@ -285,7 +285,6 @@ def save_figures(model, cfg, out, tasks, inits, stream=None):
         ax.set_title("random init" if name == "random" else f"after {name} meta-training")
         ax.legend(loc="lower right")
         path = os.path.join(out, f"sine-{name}.png")
-        checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
         plt.close(fig)
         print(f"wrote {path}", file=stream)
-

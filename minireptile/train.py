@@ -31,7 +31,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from . import backend, checkpoint
+from . import backend, checkpoint, files
 from .backend import available_memory, dtype, get_xp, to_device, to_host
 from .config import (build_model, combination_weights, command_line, inner_optimizer,
                      load_data, outer_optimizer, refuse_mismatch)
@@ -206,7 +206,7 @@ def run(cfg, folder=None, data=None, stream=None, comm=LOCAL, stop_at=None, out=
     if comm.rank != 0:
         stream = open(os.devnull, "w")
     if out:
-        checkpoint.output_file(out, "--out")
+        files.output_file(out, "--out")
     ds, model = load_data(data, cfg.dataset), build_model(cfg)
     print(f"minireptile train {cfg.dataset}: {cfg.algo}, {cfg.classes}-way {cfg.shots}-shot, "
           f"{cfg.meta_iters} meta-iterations of {cfg.meta_batch} tasks x {cfg.inner_iters} "
@@ -215,7 +215,7 @@ def run(cfg, folder=None, data=None, stream=None, comm=LOCAL, stop_at=None, out=
     print("resolved: " + command_line(cfg), file=stream, flush=True)
     warn_test_step(cfg, stream)
     t0 = time.time()
-    with (checkpoint.locked(folder) if folder and comm.rank == 0 else nullcontext()):
+    with (files.locked(folder) if folder and comm.rank == 0 else nullcontext()):
         theta, optimizer = train(model, ds, cfg, checkpoint_dir=folder, stream=stream,
                                  comm=comm, stop_at=stop_at)
         if stop_at is not None and stop_at < cfg.meta_iters:
@@ -246,7 +246,7 @@ def finish(model, theta, optimizer, ds, cfg, folder, stream, comm, out, t0):
     print(f"training {train_seconds:.0f} s, total {time.time() - t0:.0f} s", file=stream)
     out = out or (os.path.join(folder, "results.json") if folder else None)
     if out and comm.rank == 0:
-        checkpoint.write_json(out, results)
+        files.write_json(out, results)
         print(f"results written to {out}", file=stream)
     return results
 
@@ -275,7 +275,7 @@ def _open_checkpoint(folder, config):
         checkpoint.truncate_log(folder, start)
         return theta, state, start
     if folder:
-        checkpoint.make_folder(folder, "--checkpoint")
+        files.make_folder(folder, "--checkpoint")
     return None
 
 
@@ -298,5 +298,3 @@ def quick_evaluation(model, theta, optimizer, ds, cfg, iteration, loss, checkpoi
 def _status(loss, accuracy):
     text = "" if loss is None else f"loss {loss:.4f}"
     return text + ("" if accuracy is None else f"  test acc {100 * accuracy:5.1f}%")
-
-

@@ -1,4 +1,4 @@
-"""One writer per run folder: ``checkpoint.locked``, taken by train, eval --out into a run
+"""One writer per run folder: ``files.locked``, taken by train, eval --out into a run
 folder, and every run of reproduce (and of its --jobs processes).
 
 Real processes: eval --out into a folder being trained waits its turn, and of many processes
@@ -13,27 +13,26 @@ import time
 
 import pytest
 
-from minireptile import checkpoint
 from minireptile.cli import main
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from minireptile import checkpoint
-    with checkpoint.locked(sys.argv[1]):
+    from minireptile import files
+    with files.locked(sys.argv[1]):
         print("holding", flush=True)
         time.sleep(600)
 """)
 
 RACE = textwrap.dedent("""
     import os, sys, time
-    from minireptile import checkpoint
+    from minireptile import files
     while not os.path.exists(sys.argv[2]):                 # the start line
         time.sleep(0.001)
     try:
-        with checkpoint.locked(sys.argv[1]):
+        with files.locked(sys.argv[1]):
             time.sleep(1.0)
             print("got it")
-    except checkpoint.Busy:
+    except files.Busy:
         print("busy")
 """)
 

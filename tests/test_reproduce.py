@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minireptile import checkpoint, reproduce
+from minireptile import checkpoint, files, reproduce
 from minireptile.cli import build_parser, main
 from minireptile.errors import UserError
 from minireptile.reproduce import common, fig3, fig4, report
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = """import os, sys, time
-from minireptile import checkpoint
+from minireptile import files
 path, until, cap = sys.argv[1], sys.argv[2], float(sys.argv[3])
-with checkpoint.locked(path):
+with files.locked(path):
     print("READY", flush=True)
     start = time.time()
     while not (until and os.path.exists(until)) and time.time() < start + cap:
@@ -38,7 +38,7 @@ with checkpoint.locked(path):
 
 
 def _holder_process(path, until="", cap=120):
-    """A second process holding path's lock (``checkpoint.locked``) until the file `until`
+    """A second process holding path's lock (``files.locked``) until the file `until`
     exists (then 2 s more) or cap seconds have passed, when it ends still holding it;
     returned once it holds it."""
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(until), str(cap)],
@@ -130,35 +130,35 @@ def test_the_lock_names_its_live_holder_and_frees_when_it_dies(tmp_path):
     path = str(tmp_path / "run")
     child = _holder_process(path)
     try:
-        with pytest.raises(checkpoint.Busy) as info:
-            with checkpoint.locked(path):
+        with pytest.raises(files.Busy) as info:
+            with files.locked(path):
                 pytest.fail("the lock of a live process was taken")
-        assert info.value.holder == _name(child) == checkpoint.holder(path)
+        assert info.value.holder == _name(child) == files.holder(path)
         assert isinstance(info.value, UserError) and "\n" not in str(info.value)
         assert f"{path}: {_name(child)} is writing it" in str(info.value)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    assert checkpoint.holder(path) is None
-    with checkpoint.locked(path):
-        assert (tmp_path / "run.lock").read_text() == checkpoint.process_name()
+    assert files.holder(path) is None
+    with files.locked(path):
+        assert (tmp_path / "run.lock").read_text() == files.process_name()
 
 
 def test_the_lock_is_reentrant_in_its_process_and_held_until_the_outer_block_ends(tmp_path):
     """train.run inside a reproduce run takes the lock its session holds: held once more;
     another process sees it held until the outer block ends, then free."""
     path = str(tmp_path / "run")
-    ask = [sys.executable, "-c", "import sys; from minireptile import checkpoint; "
-                                 "print(checkpoint.holder(sys.argv[1]))", path]
+    ask = [sys.executable, "-c", "import sys; from minireptile import files; "
+                                 "print(files.holder(sys.argv[1]))", path]
 
     def seen_from_another_process():
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         return subprocess.run(ask, env=env, capture_output=True, text=True,
                               check=True).stdout.strip()
-    with checkpoint.locked(path):
-        with checkpoint.locked(path):
-            assert checkpoint.holder(path) is None                    # ours: not a conflict
-        assert seen_from_another_process() == checkpoint.process_name()
+    with files.locked(path):
+        with files.locked(path):
+            assert files.holder(path) is None                    # ours: not a conflict
+        assert seen_from_another_process() == files.process_name()
     assert seen_from_another_process() == "None"
 
 
@@ -172,7 +172,7 @@ def test_a_child_that_ended_unreaped_holds_no_lock(tmp_path):
         time.sleep(0.05)
     try:
         assert stat.read_text().rpartition(")")[2].split()[0] == "Z"    # ended, not reaped
-        assert checkpoint.holder(path) is None
+        assert files.holder(path) is None
         assert child.poll() == 0                        # reaped only now
     finally:
         child.wait()
@@ -193,7 +193,7 @@ def test_a_run_folder_another_process_holds_is_not_trained_twice(tmp_path, capsy
 def test_a_checkpoint_names_its_writer(tmp_path):
     folder = str(tmp_path / "run")
     checkpoint.save(folder, np.zeros(3), {}, np.random.default_rng(0), 7, {})
-    assert checkpoint.writer(folder) == checkpoint.process_name()
+    assert checkpoint.writer(folder) == files.process_name()
 
 
 TINY_RUN = dict(meta_batch=2, inner_iters=1, inner_batch=5, train_shots=1, eval_samples=1,
@@ -339,7 +339,7 @@ def test_jobs_share_the_commands(tmp_path):
     locks = list(folder.rglob("*.lock"))                   # every run took its lock ...
     assert len(locks) == len(fig3.CURVES)
     for lock in locks:                                     # ... and no process holds one
-        assert lock.read_text() == "" and checkpoint.holder(str(lock)[:-5]) is None
+        assert lock.read_text() == "" and files.holder(str(lock)[:-5]) is None
 
 
 def test_unknown_experiment_or_budget_is_refused():

@@ -18,7 +18,7 @@ import sys
 import threading
 
 from .. import __version__, distributed, parallel
-from ..checkpoint import interrupts_kept
+from ..files import interrupts_kept
 from ..errors import UserError
 
 

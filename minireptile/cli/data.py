@@ -2,7 +2,7 @@
 import sys
 import time
 
-from .. import checkpoint
+from .. import files
 from ..data import load_dataset, pack_miniimagenet, pack_omniglot
 from ..errors import UserError
 from ..progress import Progress
@@ -48,7 +48,7 @@ def register(sub):
 
 
 def run_pack(args):
-    checkpoint.output_file(args.output, "-o")               # before any image is read
+    files.output_file(args.output, "-o")               # before any image is read
     start = time.perf_counter()
     bar = Progress(0, label="decoding images", unit="images", every=5.0)
 

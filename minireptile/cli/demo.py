@@ -5,15 +5,20 @@ of N new classes (K with --shots K) and one more character, press "learn", and s
 checkpoint's initialisation fine-tuned on the drawings next to a network learning from
 scratch, step by step. Without --checkpoint, the 3-way Omniglot checkpoint shipped in the
 package (assets/demo-omniglot-3way, its command and accuracy in the README there).
+
+Its second page, /explore, shows Reptile, FOMAML, exact MAML and iMAML updating theta on a
+plane of two-parameter tasks. Both pages' apps share one lock: one request's CPU work at a time.
 """
 import json
 import os
+import threading
 import webbrowser
 
 from .. import backend
 from ..config import build_model, inner_optimizer
 from ..demo.learner import Learner
 from ..demo.drawing import DrawingApp
+from ..demo.explore import ExploreApp
 from ..demo.server import HOST, make_server
 from ..errors import UserError
 from ..evaluate import load_trained
@@ -87,10 +92,13 @@ def run_demo(args):
     folder = args.checkpoint or SHIPPED
     learner, classes, model = load_learner(folder, args.classes, args.shots, args.eval_iters,
                                            args.seed)
-    server = make_server(DrawingApp(learner, classes, args.shots, model), args.port)
+    lock = threading.Lock()                   # the CPU work of both pages, one at a time
+    server = make_server([DrawingApp(learner, classes, args.shots, model, lock),
+                          ExploreApp(lock)], args.port)
     url = f"http://{HOST}:{server.server_address[1]}/"
     print(f"minireptile demo: {classes}-way {args.shots}-shot, {model}\n"
-          f"checkpoint {folder}\nserving {url} (Ctrl-C to stop)", flush=True)
+          f"checkpoint {folder}\nserving {url} (Ctrl-C to stop); the meta-updates on a "
+          f"plane: {url}explore", flush=True)
     if args.open:
         webbrowser.open(url)
     with server:

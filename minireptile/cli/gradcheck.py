@@ -1,5 +1,5 @@
 """``minireptile gradcheck``: finite-difference checks of every pass and meta-gradient."""
-from .. import backend, checkpoint, gradcheck
+from .. import backend, files, gradcheck
 from . import add_device_flags
 
 
@@ -29,7 +29,7 @@ def register(subparsers):
 def run(args):
     backend.set_backend(args.device, dtype="float64")
     if args.json:
-        checkpoint.output_file(args.json, "--json")
+        files.output_file(args.json, "--json")
     families = gradcheck.FAMILIES if args.model == "all" else (args.model,)
     rows = gradcheck.run_checks(families, xp=backend.xp(), seed=args.seed)
     print(f"minireptile gradcheck: {', '.join(families)} on {backend.device()}, "
@@ -38,5 +38,5 @@ def run(args):
     if args.json:
         table = {"device": backend.device(), "seed": args.seed, "families": list(families),
                  "rows": [r._asdict() for r in rows]}
-        checkpoint.write_json(args.json, table)
+        files.write_json(args.json, table)
     return 0 if all(r.passed for r in rows) else 1

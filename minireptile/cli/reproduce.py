@@ -17,6 +17,7 @@ EXPERIMENTS_HELP = """experiments:
   fig4     Figure 4a/4b, shared-tail against separate-tail FOMAML (section 6.3)
   maml     Table 2, Omniglot, exact MAML and FOMAML at Finn et al.'s settings, and the cost
            of MAML, FOMAML and Reptile per meta-iteration
+  imaml    iMAML (Rajeswaran et al. 2019), Omniglot 5-way 1-shot, at the authors' settings
 """
 
 

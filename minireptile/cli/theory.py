@@ -17,7 +17,7 @@ import argparse
 import time
 
 from . import add_device_flags
-from .. import backend, checkpoint
+from .. import backend, checkpoint, files
 from ..errors import UserError
 
 EXPERIMENTS = ("coefficients", "spectrum", "manifold")
@@ -187,7 +187,7 @@ def run(args):
     settings(args)
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
-            checkpoint.output_file(path, flag)
+            files.output_file(path, flag)
     backend.set_backend(args.device, args.dtype)
     problem, saved = problem_of(args)
     t0, cpu0 = time.time(), time.process_time()
@@ -206,7 +206,7 @@ def write(args, out):
     from ..theory import plot
     stem = f"theory-{args.experiment}-{args.model}"
     path = args.json or stem + ".json"
-    checkpoint.write_json(path, out)
+    files.write_json(path, out)
     print(f"wrote {path}")
     try:
         import matplotlib
@@ -215,5 +215,5 @@ def write(args, out):
         return
     matplotlib.use("Agg")
     path = args.plot or stem + ".png"
-    checkpoint.atomic_write(path, lambda f: plot(args.experiment, out["report"], f))
+    files.atomic_write(path, lambda f: plot(args.experiment, out["report"], f))
     print(f"wrote {path}")

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import sys
 
-from .. import backend, checkpoint, config, evaluate, train
+from .. import backend, checkpoint, config, evaluate, files, train
 from ..errors import UserError
 from . import add_device_flags, add_distributed_flags, start_distributed
 
@@ -176,7 +176,6 @@ def train_config(args):
     return config.TrainConfig(**{**base, **given}), args.defaults
 
 
-
 def run_train(args):
     backend.set_backend(args.device, args.dtype)
     if args.pretrained:
@@ -212,9 +211,9 @@ def check_output(folder, out):
     """Before any work: the checkpoint folder and --out's folder exist (made when missing),
     or a one-line UserError when they cannot be (a file in the way, no permission)."""
     if folder is not None:
-        checkpoint.make_folder(folder, "--checkpoint")
+        files.make_folder(folder, "--checkpoint")
     if out is not None:
-        checkpoint.output_file(out, "--out")
+        files.output_file(out, "--out")
 
 
 def run_eval(args):
@@ -250,6 +249,6 @@ def run_plot(args):
     ax.grid(alpha=0.3)
     ax.legend()
     out = args.output or os.path.join(args.checkpoint, "learning_curve.png")
-    checkpoint.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=120,
-                                                       bbox_inches="tight"))
+    files.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=120,
+                                                  bbox_inches="tight"))
     print(f"wrote {out}")

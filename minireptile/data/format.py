@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from ..checkpoint import atomic_path
 from ..errors import UserError
+from ..files import atomic_path
 
 FORMAT = "minireptile-dataset"
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ def write_dataset(path, images, offsets, class_names, image_names, splits, attrs
     class indices; attrs: extra root attributes (kind, source, split_seed, ...).
     A failure (or Ctrl-C, or SIGTERM under the CLI) removes the temporary file and leaves any
     existing `path` untouched; temporary files of killed earlier writes to `path` are removed
-    (``checkpoint.atomic_path``). Datasets are chunked and gzip-compressed, without timestamps,
+    (``files.atomic_path``). Datasets are chunked and gzip-compressed, without timestamps,
     so packing the same input twice gives byte-identical files.
     """
     h5py = _h5py()

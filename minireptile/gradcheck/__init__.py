@@ -35,7 +35,6 @@ __all__ = ["H", "TOL", "FAMILIES", "Case", "Row", "compare", "coord_grad", "away
 FAMILIES = ("mlp", "omniglot", "miniimagenet")
 
 
-
 def sine_batch(rng, lead, points=10):
     """Sine-wave regression tasks of section 4: x ~ U[-5, 5], y = A sin(x - phase)."""
     amp = rng.uniform(0.1, 5.0, lead + (1, 1))
@@ -72,8 +71,8 @@ def _meta(name, make, sample):
 
 def _imaml(name, make, sample):
     """iMAML's implicit meta-gradient checks of one model (``gradcheck/imaml.py``)."""
-    return [Case(f"{name} imaml", "meta", lambda r, xp: check_imaml(name, make(), sample, r,
-                                                                     xp))]
+    return [Case(f"{name} imaml", "meta",
+                 lambda r, xp: check_imaml(name, make(), sample, r, xp))]
 
 
 def _mlp_cases():
@@ -160,7 +159,6 @@ def _miniimagenet_cases():
         "miniimagenet_cnn(3) 13x13x2 filters=3",
         lambda: models.miniimagenet_cnn(3, input_shape=shape, filters=3),
         classes_batch(shape, 3))
-
 
 
 def cases(family):

@@ -103,7 +103,6 @@ def shift(p, rp, s):
     return {k: p[k] + s * rp[k] for k in p}
 
 
-
 def unit(rng, shape):
     """A random direction of norm 1 (host)."""
     v = rng.standard_normal(shape)

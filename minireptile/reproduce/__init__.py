@@ -13,13 +13,13 @@ Each builds the configurations of its runs and runs them with the library (``tra
 ``evaluate.run``, ``sine.run``: ``common.Session``) at a budget:
 ``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
 iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
-meaningful numbers). Several processes share its runs (``jobs``, ``checkpoint.locked``). It
+meaningful numbers). Several processes share its runs (``jobs``, ``files.locked``). It
 writes EXPERIMENT.json (every number with its 95% interval, every
 command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us) and, with
 matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
 again skips what is done and resumes what is not.
 """
-from .. import checkpoint
+from .. import files
 from ..errors import UserError
 from . import common, fig1, fig3, fig4, imaml, maml, table2
 from .common import Session
@@ -72,7 +72,7 @@ def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=Non
             if helpers:                                  # ours: wait, then look again
                 common.wait_for(session, helpers)
                 helpers = []
-            elif any(checkpoint.holder(path) for path in session.pending):
+            elif any(files.holder(path) for path in session.pending):
                 return None                              # another process's: it finishes
             session = new_session()
     finally:

@@ -11,7 +11,7 @@ and said so; an interrupted one resumes from its checkpoint.
 
 Several processes share one experiment: start the same ``minireptile reproduce`` command
 once per core (``--threads 1``; ``--jobs N`` starts them). Each run is claimed with the lock
-of its output (``checkpoint.locked``: the one lock every writer of a run folder takes), a
+of its output (``files.locked``: the one lock every writer of a run folder takes), a
 process skips the runs others hold, and the last to finish writes the report
 (``Session.pending``).
 """
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .. import __version__, backend, checkpoint, config, evaluate, sine, train
+from .. import __version__, backend, checkpoint, config, evaluate, files, sine, train
 from ..errors import UserError
 from .report import figure
 
@@ -48,7 +48,7 @@ class Session:
         self.records, self.reused = [], []
         self.pending = {}                 # output path -> the process holding its run
         self.partial, self.missing = partial, []
-        checkpoint.make_folder(self.folder, "--out")
+        files.make_folder(self.folder, "--out")
 
     def path(self, *parts):
         return os.path.join(self.folder, *parts)
@@ -84,11 +84,11 @@ class Session:
             return None
         else:
             try:
-                with checkpoint.locked(output):
+                with files.locked(output):
                     if not done():                             # it may have finished since
                         self.say("running: " + command)
                         timed(run, output + ".log.runs.jsonl", command)
-            except checkpoint.Busy as busy:
+            except files.Busy as busy:
                 self.pending[output] = busy.holder
                 self.say(f"skipped, {busy.holder} runs it: {command}")
                 return None
@@ -156,7 +156,7 @@ class Session:
         """Wait while another process holds output's run, then return again(): for a short
         run whose result every later one needs (maml's calibration sets the runs' lengths).
         A holder that dies leaves the run to again()."""
-        while checkpoint.holder(output):
+        while files.holder(output):
             time.sleep(poll)
         self.pending.pop(output, None)
         return again()
@@ -184,14 +184,14 @@ class Session:
                     "machine": machine(), "minireptile": __version__, **results,
                     "commands": self.records,
                     **({"partial": True, "missing": self.missing} if self.partial else {})}
-        checkpoint.write_json(name + ".json", document)
+        files.write_json(name + ".json", document)
         head = (f"`{reproduce_command(self)}`: {len(self.records)} commands, "
                 f"{wall / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU "
                 f"({machine()['cpus']} CPUs, {document['device']}).\n\n")
         if self.partial:
             head += (f"**Partial:** {len(self.missing)} command(s) have not finished; their "
                      f"cells read \"not run yet\" (`{reproduce_command(self)}` runs them).\n\n")
-        checkpoint.write_text(name + ".md", head + markdown)
+        files.write_text(name + ".md", head + markdown)
         if draw is not None and figure(name + ".png", draw):
             self.say(f"wrote {name}.png")
         self.say(f"wrote {name}.json and {name}.md")

@@ -98,8 +98,8 @@ def markdown(runs, found, b):
     text = (f"Figure 3 (5-shot 5-way Omniglot, SGD inner and outer loops, meta-batch 1): "
             f"accuracy after {b['meta_iters']:,} meta-iterations, {b['samples']} tasks per "
             f"split, 95% intervals. The paper trains 40,000 iterations and shows curves only."
-            f"\n\n" + report.markdown_table(header, table) + "\nThe paper's findings "
-            f"(section 6.2), judged with the 95% intervals:\n\n"
+            "\n\n" + report.markdown_table(header, table) + "\nThe paper's findings "
+            "(section 6.2), judged with the 95% intervals:\n\n"
             + "".join(f"- {f['claim']}: **{f['verdict']}**\n" for f in found))
     its = [r["iteration"] for r in next(iter(runs.values()))["curve"]]
     curve = [[f"{it:,}", *(report.pct(dict((c["iteration"], c["test"]) for c in r["curve"])

@@ -146,8 +146,9 @@ def markdown(cells, costs, b):
                             f"{r['meta_iters']:,}",
                             f"{r['cpu_seconds_per_iteration'] * r['meta_iters'] / 3600:.2f}",
                             "no curve yet" if at is None else
-                            f"{report.pct(at['test'])} at {at['iteration']:,} iterations "
-                            f"({'transductive' if r['transductive_curve'] else 'non-transductive'})"])
+                            f"{report.pct(at['test'])} at {at['iteration']:,} iterations ("
+                            + ("transductive" if r["transductive_curve"] else
+                               "non-transductive") + ")"])
     text += ("\nCost at each algorithm's own paper's 5-way 1-shot settings (Reptile: Table "
              "2's run): CPU seconds per meta-iteration (calibrated), and the test accuracy "
              "its learning curve reached within MAML's CPU time (the curve's own protocol "

@@ -7,7 +7,7 @@ half-width of the difference, sqrt(h1^2 + h2^2) ("the two intervals combined").
 """
 import math
 
-from .. import checkpoint
+from .. import files
 
 NO_MATPLOTLIB = "matplotlib is not installed: no figure (pip install 'minireptile[plot]')"
 
@@ -22,8 +22,8 @@ def figure(path, draw):
         print(NO_MATPLOTLIB)
         return False
     fig = draw(plt)
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110,
-                                                        bbox_inches="tight"))
+    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110,
+                                                   bbox_inches="tight"))
     plt.close(fig)
     return True
 
