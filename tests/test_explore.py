@@ -331,9 +331,10 @@ def check_arrows(driver, s):
 def test_the_page_draws_the_cores_updates_as_theta_is_dragged(httpd, port):
     """Drag theta with a mouse, then set k = 1, drag with touch, set k = 5: after each, every
     arrow's end on the page is the core's (``check_arrows``); then the section 5.1 overlay's
-    ends, the run's four path ends against meta_update run here, and a phone's width."""
+    end, the run's four path ends against meta_update run here, each task's contours, and a
+    phone's width (390 CSS pixels: no horizontal scrolling)."""
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
     driver = browser()
     try:
         start = settled(driver, lambda: driver.get(f"http://127.0.0.1:{port}/explore"))
@@ -348,9 +349,9 @@ def test_the_page_draws_the_cores_updates_as_theta_is_dragged(httpd, port):
         s = settled(driver, lambda: k.send_keys(Keys.HOME))
         assert s["k"] == 1
         check_arrows(driver, s)
-        s = settled(driver, lambda: drag(driver, "touch", (0.137 * plane.size["width"],
-                                                           0.09 * plane.size["width"])))
-        assert s["k"] == 1 and s["theta"][0] > 0.5 and s["theta"][1] < 0, s["theta"]
+        s = settled(driver, lambda: drag(driver, "touch", (0.193 * plane.size["width"],
+                                                           0.056 * plane.size["width"])))
+        assert s["k"] == 1 and s["theta"][0] > 1.2 and s["theta"][1] < 0, s["theta"]
         check_arrows(driver, s)
         s = settled(driver, lambda: k.send_keys(*[Keys.RIGHT] * 4))
         assert s["k"] == 5
@@ -372,6 +373,9 @@ def test_the_page_draws_the_cores_updates_as_theta_is_dragged(httpd, port):
             np.testing.assert_allclose([float(shown.get_attribute("data-x")),
                                         float(shown.get_attribute("data-y"))], end, atol=1e-6)
         assert driver.find_element("id", "message").text == ""
+        Select(driver.find_element("id", "contour-mode")).select_by_value("tasks")
+        contours = driver.find_elements("css selector", "#contours path.task")
+        assert len({c.get_attribute("stroke") for c in contours}) == s["tasks"]
         screenshot(driver, "demo-explore.png", 1000)
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
             "width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})

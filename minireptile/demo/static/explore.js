@@ -14,9 +14,9 @@ const TASK_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#ff
                      "#98df8a", "#c5b0d5"];
 const SIZE = 400, LO = -4, HI = 4;                      // the plane: w and b in [LO, HI]
 const MEAN_LEVELS = [0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1, 1.5, 2, 3];
-const TASK_LEVELS = [0.02, 0.1, 0.4];
+const TASK_LEVELS = [0.05, 0.25];
 const SVG = "http://www.w3.org/2000/svg";
-const state = {theta: [1, 0], grid: null, gridKey: null, reply: null, busy: false,
+const state = {theta: [1.5, 0], grid: null, gridKey: null, reply: null, busy: false,
                drawn: 0, runs: 0, dragging: null, heat: ""};
 
 function $(id) { return document.getElementById(id); }
@@ -127,7 +127,7 @@ function contourPath(values, axis, level) {
   return out.join("");
 }
 
-// The mean loss as an image: low loss dark, a log scale from 0.003 to 4.
+// The mean loss as an image (under either contours): low loss dark, log scale 0.003 to 4.
 function heatImage(values) {
   const n = values.length, canvas = document.createElement("canvas");
   canvas.width = canvas.height = n;
@@ -150,7 +150,7 @@ function drawContours(tasks) {
   marks.replaceChildren();
   state.heat = heatImage(grid.mean);
   const perTask = $("contour-mode").value === "tasks";
-  $("heat").setAttribute("href", perTask ? "" : state.heat);
+  $("heat").setAttribute("href", state.heat);
   state.meanPaths = MEAN_LEVELS.map((level) => contourPath(grid.mean, grid.axis, level));
   if (perTask) {
     grid.tasks.forEach((values, i) => TASK_LEVELS.forEach((level) => svg("path", {
