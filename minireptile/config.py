@@ -233,6 +233,8 @@ def command_line(cfg, extra=()):
         value = getattr(cfg, f.name)
         if f.name in ("dataset", "transductive", "augment") or value is False or value == "":
             continue
+        if f.name in IMAML_ONLY and cfg.algo != "imaml":
+            continue
         words.append(f"--{flag(f.name)}" if value is True else f"--{flag(f.name)} {value}")
     if not cfg.augment:
         words.append("--no-augment")
@@ -245,6 +247,9 @@ def flags(fields):
     """Fields as command-line flags: {"sgd": True, "seed": 0} -> '--sgd --seed 0'."""
     return " ".join(f"--{flag(k)}" if v is True else f"--{flag(k)} {v}"
                     for k, v in fields.items() if v is not False)
+
+
+IMAML_ONLY = ("imaml_lambda", "cg_steps", "cg_damping", "cg_lambda_damping")
 
 
 def combination_weights(spec, k):
