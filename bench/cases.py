@@ -56,6 +56,11 @@ SETTINGS = {
     "sine": Setting(lambda: mlp((1, 64, 64, 1)), 32, 25, 10, 50, "sgd", 0.02, 0.1, 0),
     "omniglot": Setting(lambda: omniglot_cnn(5), 5, 5, 10, 10, "adam", 1e-3, 1.0, 5),
     "miniimagenet": Setting(lambda: miniimagenet_cnn(5), 8, 5, 10, 10, "adam", 1e-3, 1.0, 5),
+    # Finn et al.'s MAML (--defaults maml: their network, 1 step + the query batch, 32 tasks)
+    "omniglot-finn": Setting(lambda: omniglot_cnn(5, network="maml"), 2, 32, 5, 5, "sgd",
+                             0.4, 1e-3, 5),
+    # Rajeswaran et al.'s iMAML (--defaults imaml: 16 steps + the query batch, 32 tasks)
+    "omniglot-imaml": Setting(lambda: omniglot_cnn(5), 17, 32, 5, 5, "sgd", 0.02, 1e-3, 5),
 }
 
 

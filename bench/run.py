@@ -49,12 +49,12 @@ def _set_threads(argv):
 _set_threads(sys.argv)
 
 # numpy (imported by these) after the thread count is fixed
-from bench import (case_efficiency, case_hvp, case_imaml_k, case_inner_steps,  # noqa: E402
-                   case_jax, case_meta_step, case_torch, common)
+from bench import (case_cost, case_efficiency, case_hvp, case_imaml_k,  # noqa: E402
+                   case_inner_steps, case_jax, case_meta_step, case_torch, common)
 from minireptile import backend, parallel  # noqa: E402
 
 RUNNERS = {"meta_step": case_meta_step.run, "inner_steps": case_inner_steps.run,
-           "imaml_k": case_imaml_k.run,
+           "imaml_k": case_imaml_k.run, "cost": case_cost.run,
            "hvp": case_hvp.run, "efficiency": case_efficiency.run, "torch": case_torch.run,
            "jax": case_jax.run}
 CASES = tuple(RUNNERS)
