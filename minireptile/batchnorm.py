@@ -148,16 +148,22 @@ class BatchNorm:
             rb += s * (self._mean(dy2 * rx2) - mean_xhat_rx * b - mean_rx * a)
             rg -= gamma * s * s * mean_xhat_rx                    # + gamma R{s}
         rdx = None
-        if need_dx:        # R{dx} = R{g} dy + g rdy - xhat c1 - rx c2 - c0, R{xhat} expanded
-            c1, c0 = rg * b + g * rb, rg * a + g * ra
+        if need_dx:
+            # R{dx} = R{g} (dy - a - xhat b) + g (rdy - R{a} - R{xhat} b - xhat R{b}), with
+            # R{xhat} = s (rx - mean(rx) - xhat mean(xhat rx)) expanded: per channel,
+            #   R{dx} = R{g} dy + g rdy - k_rx rx - k_xhat xhat - k_one
+            #   k_rx   = g b s                               (the rx in -g b R{xhat})
+            #   k_xhat = R{g} b + g R{b} - k_rx mean(xhat rx)
+            #   k_one  = R{g} a + g R{a} - k_rx mean(rx)
+            k_xhat, k_one = rg * b + g * rb, rg * a + g * ra
             rdx = dy2 * rg
             rdx += rdy2 * g
-            if rcache is not None:
-                c2 = g * b * s
-                c1 -= c2 * mean_xhat_rx
-                c0 -= c2 * mean_rx
-                rdx -= rx2 * c2
-            rdx -= xhat * c1
-            rdx -= c0
+            if rcache is not None:                    # rx = 0 (the first layer): no R{xhat}
+                k_rx = g * b * s
+                k_xhat -= k_rx * mean_xhat_rx
+                k_one -= k_rx * mean_rx
+                rdx -= rx2 * k_rx
+            rdx -= xhat * k_xhat
+            rdx -= k_one
             rdx = rdx.reshape(x_shape)
         return rdx, self._grads(self._sum(rb, xhat), self._sum(ra, xhat))
