@@ -30,7 +30,7 @@ def sum_tasks(arrays):
 
 def meta_update(rule, model, theta, batches, optimizer, epsilon, outer=None, sequential=False,
                 reduce=None):
-    """One meta-iteration: theta <- theta + epsilon mean_i Delta_i.   Eq. (5), Algorithm 2.
+    """One meta-iteration: theta <- theta + epsilon mean_i Delta_i.   Eq. (5), batched Reptile.
 
     rule: a task's Delta (``meta.delta_rule``); theta: (P,); batches: k pairs
     (x (n, B, ...), y (n, B, ...)), the last one FOMAML's tail and MAML's test batch;
