@@ -113,6 +113,12 @@ CASES = [  # (name, arguments with {fixture} placeholders, a word the error line
     ("demo: diverged", "demo --checkpoint {nan}", "finite"),
     ("demo: bad port", "demo --checkpoint {run} --port 70000", "--port"),
 ]
+try:                                        # without CuPy (CI): --device cuda is one line too
+    import cupy  # noqa: F401
+except ImportError:
+    CASES += [("train: cuda without CuPy", "train omniglot --device cuda", "CuPy"),
+              ("reproduce: cuda without CuPy",
+               "reproduce fig1 --budget tiny --device cuda --out {run}/rp", "CuPy")]
 
 
 def snapshot(root):
