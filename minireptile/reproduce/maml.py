@@ -31,7 +31,7 @@ PAPER = {  # Table 2, Omniglot, "+ Transduction": (N, K) -> {algo: (accuracy %, 
 LABELS = {"maml": "MAML (exact)", "fomaml": "FOMAML", "reptile": "Reptile"}
 BUDGETS = {  # cells: (N, K) -> stop_cpu (None: the end); samples, split: final evaluation;
     # meta_iters: None for the preset's 40,000; calib: c
-    "paper": dict(cells={(5, 1): None, (5, 5): 5000, (20, 1): 2000}, meta_iters=None,
+    "paper": dict(cells={(5, 1): None, (5, 5): 2000, (20, 1): 1000}, meta_iters=None,
                   samples=2000, split="both", calib=20),
     "quick": dict(cells={(5, 1): None}, meta_iters=500, samples=200, split="test", calib=10),
     "tiny": dict(cells={(5, 1): None}, meta_iters=2, samples=2, split="test", calib=1,
