@@ -1,8 +1,14 @@
 """Shared fixtures and helpers; test modules import helpers from here, never from each other.
 
 ``xp`` runs a test on NumPy and, where a GPU is visible, on CuPy; ``rng`` is a seeded host
-generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folders to pack.
+generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folders to pack;
+``serving`` runs a demo server in a thread and ``browser`` starts headless Chromium (the
+demo's two pages' tests).
 """
+import contextlib
+import shutil
+import threading
+
 import numpy as np
 import pytest
 
@@ -86,3 +92,35 @@ def make_miniimagenet(root, csv_layout=False):
     if not csv_layout:
         (root / "images").rmdir()
     return root
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@contextlib.contextmanager
+def serving(apps, **options):
+    """A demo server of apps (``make_server``'s options) on a free port, serving in a thread
+    while the block runs."""
+    from minireptile.demo.server import make_server
+    httpd = make_server(apps, port=0, **options)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def browser():
+    """Headless Chromium driven by Selenium, or a skip saying what is missing."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium and chromedriver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", "--window-size=1000,1300"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

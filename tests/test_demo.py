@@ -13,12 +13,10 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,17 +27,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import browser, serving
+
 from minireptile import backend, parallel
 from minireptile.cli import main
 from minireptile.cli.demo import SHIPPED, load_learner
 from minireptile.data import embedded_omniglot, load_dataset
 from minireptile.demo import drawing as demo_drawing, preprocess
 from minireptile.demo.drawing import MAX_POINTS, MAX_STROKES, DrawingApp
-from minireptile.demo.server import MAX_BODY, THREADS, make_server
+from minireptile.demo.server import MAX_BODY, THREADS
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "images_evaluation.zip").is_file(),
                                     reason=f"real Omniglot data not found at {OMNIGLOT}")
 
@@ -217,24 +216,16 @@ def test_learner_watches_every_step_and_predicts_as_evaluate_does(shipped):
 
 # ---------------------------------------------------------------- the server's answers
 
-@contextlib.contextmanager
-def serving(shipped, **options):
+def serving_shipped(shipped, **options):
     """A demo server (make_server's options) of the shipped learner, 3-way 1-shot, on a free
     port, serving in a thread while the block runs."""
     learner, classes, model = shipped
-    httpd = make_server(DrawingApp(learner, classes, 1, model), port=0, **options)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return serving(DrawingApp(learner, classes, 1, model), **options)
 
 
 @pytest.fixture(scope="module")
 def httpd(shipped):
-    with serving(shipped) as httpd:
+    with serving_shipped(shipped) as httpd:
         yield httpd
 
 
@@ -517,7 +508,7 @@ def trickle(port, head, tail, every=0.1, limit=20):
 def test_a_client_too_slow_to_send_its_request_is_cut_off(shipped, slow):
     """A byte every 0.1 s keeps any timeout per read happy; the request as a whole has a
     deadline (1 s here): slow headers are dropped, a slow body gets a 408."""
-    with serving(shipped, deadline=1) as httpd:
+    with serving_shipped(shipped, deadline=1) as httpd:
         port = httpd.server_address[1]
         head = (f"POST /preview HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
                 f"application/json\r\nContent-Length: 400\r\n").encode()
@@ -595,18 +586,6 @@ def test_ctrl_c_stops_the_server_cleanly():
 TRIALS = 4              # tasks of 3 held-out characters, each character the query once
 
 
-def browser():
-    """Headless Chromium driven by Selenium, or a skip saying what is missing."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no chromium and chromedriver (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--hide-scrollbars", "--window-size=1000,1300"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
 def draw(driver, pad, strokes, kind):

@@ -5,17 +5,16 @@ The browser test needs Chromium, chromedriver and Selenium (as tests/test_demo.p
 with a reason without them. With MINIREPTILE_DEMO_SCREENSHOTS=DIR it saves the page's
 screenshot there as demo-explore.png (docs/ holds it).
 """
-import contextlib
 import json
 import os
-import shutil
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import browser, serving
 
 from minireptile.cli import demo as cli_demo, main
 from minireptile.demo import explore
@@ -24,11 +23,9 @@ from minireptile.losses import MSE
 from minireptile.meta import ALGOS, delta_rule, inner_steps, tile
 from minireptile.metabatch import meta_update
 from minireptile.models import Sequential
-from minireptile.demo.server import make_server
 from minireptile.optim import SGD, Adam
 
 MODEL = Sequential([Linear(1, 1), Tanh()], MSE(), (1,))        # theta = (w, b)
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TOL = 1e-12
 
 
@@ -44,19 +41,6 @@ class Server:
 
     def serve_forever(self):
         pass
-
-
-@contextlib.contextmanager
-def serving(app):
-    """A demo server of app on a free port, serving in a thread while the block runs."""
-    httpd = make_server(app, port=0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -261,19 +245,6 @@ def test_the_work_runs_under_the_lock_the_drawing_page_shares(httpd, port, monke
 
 # ---------------------------------------------------------------- the page in Chromium
 
-def browser():
-    """Headless Chromium driven by Selenium (tests/test_demo.py's way), or a skip saying what
-    is missing."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no chromium and chromedriver (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--hide-scrollbars", "--window-size=1000,1300"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
 def settled(driver, act):
