@@ -179,12 +179,14 @@ def locked(path):
 
 
 def holder(path):
-    """The live process holding path's lock ("pid P on HOST"), or None."""
+    """The live process holding path's lock ("pid P on HOST"), or None. A process that has
+    ended holds none, though some kernels (gVisor's) keep its flock until it is reaped: a
+    parent polling its own --jobs child would otherwise wait on it for ever."""
     try:
         with locked(path):
             return None
     except Busy as busy:
-        return busy.holder
+        return busy.holder if running(busy.holder) else None
 
 
 def process_name():

@@ -173,7 +173,7 @@ def test_a_child_that_ended_unreaped_holds_no_lock(tmp_path):
     try:
         assert stat.read_text().rpartition(")")[2].split()[0] == "Z"    # ended, not reaped
         assert files.holder(path) is None
-        assert child.poll() == 0                        # reaped only now
+        assert child.wait(timeout=60) == 0              # reaped only now
     finally:
         child.wait()
 
