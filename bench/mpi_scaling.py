@@ -67,7 +67,7 @@ def worker(iters, deterministic):
         return out
 
     theta = model.init(np.random.default_rng(0)).astype(np.float32)
-    optimizer = inner_optimizer(cfg)
+    optimizer = inner_optimizer(cfg, model)
     for it in range(WARMUP + iters):
         if it == WARMUP:
             comm.comm.Barrier()

@@ -17,6 +17,7 @@ its clients and turns flags into one (``cli/train.py``).
 import dataclasses
 import math
 
+from .backend import dtype, to_device
 from .data import embedded_omniglot, load_dataset
 from .errors import UserError
 from .models import miniimagenet_cnn, omniglot_cnn
@@ -56,6 +57,7 @@ class TrainConfig:
     sequential: bool = False
     outer: str = "sgd"          # the outer optimizer: sgd (Eq. 5) | adam
     maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
+    bn_offsets_outer: bool = False  # batch-norm offsets held in the inner loop (Finn et al.'s)
     imaml_lambda: float = 1.0   # iMAML: the proximal term's strength lambda
     cg_steps: int = 5           # iMAML: conjugate-gradient iterations for (I + H / lambda)^(-1)
     cg_damping: float = 0.0     # iMAML: the authors' damping, ((1 + d) I + H / (lambda + d'))
@@ -98,6 +100,9 @@ class TrainConfig:
             raise UserError("--foml-tail applies to --foml / --algo fomaml (or maml, imaml)")
         if self.algo == "imaml":
             self.check_imaml()
+        if self.bn_offsets_outer and not (self.sgd and self.algo in ("fomaml", "maml")):
+            raise UserError("--bn-offsets-outer holds batch norm's offsets in an SGD inner loop "
+                            "of --algo fomaml or maml (whose meta-update still moves them)")
         shots = self.train_shots or self.shots
         if self.foml_tail and not self.foml_tail < shots:
             raise UserError(f"--foml-tail {self.foml_tail} must be below --train-shots "
@@ -277,9 +282,10 @@ IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
             "seed", "dataset", "augment", "network", "imaml_lambda", "cg_steps", "cg_damping",
-            "cg_lambda_damping")
+            "cg_lambda_damping", "bn_offsets_outer")
 OLD_DEFAULTS = {"combination": "", "outer": "sgd", "network": "reptile",   # not saved before
-                "imaml_lambda": 1.0, "cg_steps": 5, "cg_damping": 0.0, "cg_lambda_damping": 0.0}
+                "imaml_lambda": 1.0, "cg_steps": 5, "cg_damping": 0.0, "cg_lambda_damping": 0.0,
+                "bn_offsets_outer": False}
 
 
 def differences(saved, config, fields=IDENTITY):
@@ -329,9 +335,13 @@ def load_data(path, dataset):
     return ds
 
 
-def inner_optimizer(cfg):
-    """The inner loop's optimizer: Adam with beta1 = 0 (the paper's), or SGD with --sgd."""
-    return SGD(cfg.learning_rate) if cfg.sgd else Adam(cfg.learning_rate, beta1=0.0)
+def inner_optimizer(cfg, model):
+    """The inner loop's optimizer: Adam with beta1 = 0 (the paper's), or SGD with --sgd,
+    holding model's batch-norm offsets with --bn-offsets-outer."""
+    if not cfg.sgd:
+        return Adam(cfg.learning_rate, beta1=0.0)
+    mask = to_device(model.inner_mask(("beta",)), dtype()) if cfg.bn_offsets_outer else None
+    return SGD(cfg.learning_rate, mask)
 
 
 def outer_optimizer(cfg):

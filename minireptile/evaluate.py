@@ -177,7 +177,7 @@ def load_trained(folder):
     checkpoint in folder; its configuration decides the model and the optimizer."""
     theta, state, _, iteration, config = checkpoint.load(folder, expect="fewshot")
     cfg = from_saved(config)
-    optimizer = inner_optimizer(cfg)
+    optimizer = inner_optimizer(cfg, build_model(cfg))
     if isinstance(optimizer, Adam):
         if not {"t", "m", "v"} <= set(state):
             raise UserError(f"{folder}: an Adam run's checkpoint without Adam's state")

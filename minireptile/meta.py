@@ -87,13 +87,18 @@ def adapt(model, theta, batches, optimizer, weight_decay=1.0):
 
 
 def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1.0,
-                  reuse=True):
+                  reuse=True, mask=None):
     """Exact MAML meta-gradient through k SGD steps, computed backwards.
 
         phi_i = lambda phi_{i-1} - alpha L_i'(lambda phi_{i-1}),   phi_0 = theta,  i = 1..k
         g_MAML = d/dtheta L_test(phi_k)
                = lambda^k (I - alpha H_1) (I - alpha H_2) ... (I - alpha H_k) L_test'(phi_k)
         with H_i = L_i''(lambda phi_{i-1})            (lambda = weight decay, 1 = off)
+
+    mask: the inner loop's ``SGD`` mask M (parameters it holds fixed, Finn et al.'s batch-norm
+    offsets): phi_i = lambda phi_{i-1} - alpha M L_i'(.), so each factor is (I - alpha H_i M)
+    (the transpose of the step's Jacobian I - alpha M H_i; H_i is symmetric). The held
+    parameters still get their meta-gradient, through the loss and through the others' steps.
 
     Paper: Eqs. (17)-(21) (the paper counts the test loss as its k-th loss). The product
     is applied right to left, v <- lambda (v - alpha H_i v), one exact Hessian-vector product
@@ -114,20 +119,21 @@ def maml_gradient(model, theta, inner_batches, test_batch, alpha, weight_decay=1
     theta: (P,) or (n, P); inner_batches: k pairs (x, y); test_batch: (x, y).
     Returns g_MAML with theta's shape.
     """
-    return _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse)[0]
+    return _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse, mask)[0]
 
 
-def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse):
+def _maml(model, theta, inner_batches, test_batch, alpha, weight_decay, reuse, mask=None):
     """(g_MAML, loss of the first mini-batch) -- ``maml_gradient``, keeping the loss to log."""
     hvps, phi, first = [], theta, None
-    for step in inner_steps(model, theta, inner_batches, SGD(alpha), weight_decay, reuse):
+    sgd = SGD(alpha, mask)
+    for step in inner_steps(model, theta, inner_batches, sgd, weight_decay, reuse):
         hvps.append(step.hvp)                                        # v -> H_i v
         phi = step.phi                                               # phi_i
         if first is None:
             first = step.loss
     loss, v = model.loss_and_grad(phi, *test_batch)                  # L_test'(phi_k)
     for hvp in reversed(hvps):
-        v = v - alpha * hvp(v)                                       # (I - alpha H_i) v
+        v = v - alpha * hvp(v if mask is None else mask * v)         # (I - alpha H_i M) v
         v = v * weight_decay if weight_decay != 1 else v             # lambda (...)
     return v, loss if first is None else first
 
@@ -148,9 +154,14 @@ def fomaml_delta(model, theta, batches, optimizer, weight_decay=1.0):
     With SGD it is -alpha g_k, FOMAML's meta-gradient step; with Adam it is Adam's last step,
     exactly what the paper's code takes (``phi_k - last_backup``). The last mini-batch is
     the tail: drawn like the others (shared) or held out (separate, section 6.3).
+    An SGD mask M holds parameters fixed in the inner loop, not in the meta-update: theirs
+    is -alpha g_k too (Finn et al.'s FOMAML, ``stop_grad``, on their batch-norm offsets).
     """
     step, first = _last_step(model, theta, batches, optimizer, weight_decay)
-    return step.phi - step.phi_prev, first                           # phi_k - phi_{k-1}
+    delta = step.phi - step.phi_prev                                 # phi_k - phi_{k-1}
+    if isinstance(optimizer, SGD) and optimizer.mask is not None:
+        delta = delta - optimizer.lr * ((1 - optimizer.mask) * step.g)  # -alpha (I - M) g_k
+    return delta, first
 
 
 def combination_delta(model, theta, batches, optimizer, weights, weight_decay=1.0):
@@ -178,7 +189,8 @@ def maml_delta(model, theta, batches, optimizer, weight_decay=1.0, reuse=True):
     """
     if not isinstance(optimizer, SGD):
         raise ValueError("exact MAML differentiates through SGD steps; use an SGD inner loop")
-    g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay, reuse)
+    g, loss = _maml(model, theta, batches[:-1], batches[-1], optimizer.lr, weight_decay, reuse,
+                    optimizer.mask)
     return -optimizer.lr * g, loss
 
 

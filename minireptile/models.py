@@ -84,6 +84,15 @@ class Sequential:
             out[i][pname] = theta[..., off:off + size].reshape(lead + shape)
         return out
 
+    def inner_mask(self, held):
+        """(P,) float64 ones with 0 at every parameter named in held (``"beta"``: the batch-norm
+        offsets): the inner loop's ``SGD`` mask, holding those for the outer loop alone."""
+        mask = np.ones(self.num_params)
+        for _, pname, off, size, _ in self._slices:
+            if pname in held:
+                mask[off:off + size] = 0
+        return mask
+
     def _flatten(self, grads, lead):
         parts = [grads[i][pname].reshape(lead + (-1,)) for i, pname, *_ in self._slices]
         return get_xp(parts[0]).concatenate(parts, axis=-1)
@@ -245,8 +254,8 @@ def omniglot_cnn(num_classes, input_shape=(28, 28, 1), filters=64, network="rept
     with an offset but no scale (``tf.contrib.layers.batch_norm``'s default), the mean over
     the 2x2 positions (``MeanPool``), and a dense head of 64 N weights drawn from N(0, 1):
     640 + 3 * 36928 + 4 * 64 + 65 N = 111680 + 65 N, 112005 for N = 5.
-    (Their batch-norm offsets are variables outside the inner loop's weights, meta-learned
-    only; here they adapt with the rest.)
+    Their batch-norm offsets are variables outside the inner loop's weights, meta-learned
+    only: ``--bn-offsets-outer`` (``inner_mask(("beta",))``) holds them so.
     ``input_shape`` and ``filters`` may be reduced for gradient checks.
     """
     if network not in NETWORKS:

@@ -11,13 +11,18 @@ from .parallel import map_blocks
 
 
 class SGD:
-    """theta <- theta - alpha * g.  Stateless; the paper's inner loop with ``--sgd``."""
+    """theta <- theta - alpha * g.  Stateless; the paper's inner loop with ``--sgd``.
 
-    def __init__(self, lr):
-        self.lr = lr
+    mask: None, or a (P,) array of 1s and 0s, theta <- theta - alpha * (mask * g): the
+    parameters at 0 stay where they are (Finn et al.'s batch-norm offsets, which their inner
+    loop does not adapt; ``Sequential.inner_mask``). The outer loop still learns them.
+    """
+
+    def __init__(self, lr, mask=None):
+        self.lr, self.mask = lr, mask
 
     def step(self, theta, g):
-        return theta - self.lr * g
+        return theta - self.lr * (g if self.mask is None else self.mask * g)
 
     def state_dict(self):
         return {}
@@ -29,7 +34,7 @@ class SGD:
         pass
 
     def copy(self):
-        return SGD(self.lr)
+        return SGD(self.lr, self.mask)
 
     def snapshot(self):
         return None

@@ -136,7 +136,7 @@ def train(model, ds, cfg, theta=None, checkpoint_dir=None, stream=None, comm=LOC
     check_memory(model, cfg, len(tasks))
     config = dict(dataclasses.asdict(cfg), model=f"{model.name}:{model.num_params}",
                   kind="fewshot")
-    optimizer, outer = inner_optimizer(cfg), outer_optimizer(cfg)
+    optimizer, outer = inner_optimizer(cfg, model), outer_optimizer(cfg)
     resumed = comm.from_root(lambda: _open_checkpoint(checkpoint_dir, config))
     if resumed:
         theta, state, start = resumed

@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 
-from minireptile import config, train
+from minireptile import config, meta, train
 from minireptile.models import omniglot_cnn
 from minireptile.optim import SGD, Adam
 
@@ -107,3 +107,64 @@ def test_a_maml_run_whose_test_step_differs_from_the_trained_one_is_warned(tmp_p
     assert "warning: exact MAML" in stream.getvalue() and "3/5" in stream.getvalue()
     train.run(dataclasses.replace(cfg, eval_batch=5), stream=(quiet := io.StringIO()))
     assert "warning" not in quiet.getvalue()
+
+
+def held_offsets(model):
+    """Finn et al.'s inner loop: every weight but the batch-norm offsets (``--bn-offsets-outer``)."""
+    mask = model.inner_mask(("beta",))
+    offsets = [model.layout[f"{i}.beta"] for i in (1, 4, 7, 10)]
+    assert all(not mask[off:off + shape[0]].any() for off, shape in offsets)
+    assert mask.sum() == model.num_params - sum(shape[0] for _, shape in offsets)
+    return mask
+
+
+def test_maml_with_the_offsets_held_is_the_unrolled_gradient_of_that_inner_step(rng):
+    """--bn-offsets-outer: phi = theta - alpha M L_support'(theta). maml_gradient's (I - alpha
+    H M) products equal central differences of the query loss through that step, the held
+    offsets' own meta-gradient included (they enter the query loss and the others' step)."""
+    model, theta, (support, query) = finn_problem(rng)
+    mask, alpha = held_offsets(model), 0.4
+
+    def meta_loss(th):
+        tiled = np.broadcast_to(th, (support[0].shape[0],) + th.shape)
+        return model.loss(tiled - alpha * mask * model.grad(tiled, *support), *query).mean()
+    g_fd = np.array([(meta_loss(theta + e) - meta_loss(theta - e)) / (2 * H)
+                     for e in np.eye(theta.size) * H])
+    tiled = np.broadcast_to(theta, (2,) + theta.shape).copy()
+    for reuse in (True, False):
+        g = meta.maml_gradient(model, tiled, [support], query, alpha, reuse=reuse,
+                               mask=mask).mean(axis=0)
+        assert np.linalg.norm(g - g_fd) < 1e-7 * np.linalg.norm(g_fd)
+    offsets = mask == 0
+    assert np.abs(g_fd[offsets]).max() > 1e-3 * np.abs(g_fd).max()     # they are learned
+    unmasked = meta.maml_gradient(model, tiled, [support], query, alpha).mean(axis=0)
+    assert np.linalg.norm(unmasked - g_fd) > 1e-3 * np.linalg.norm(g_fd)  # and it matters
+
+
+def test_fomaml_with_the_offsets_held_steps_every_parameter_on_the_query_gradient(rng):
+    """FOMAML (Finn et al.'s stop_grad) with the offsets held: the support step leaves them,
+    and Delta = -alpha g_query(phi) on every parameter, theirs too; evaluation's adaptation
+    (``meta.adapt`` with the same optimizer) leaves them as the inner loop does."""
+    model, theta, (support, query) = finn_problem(rng)
+    mask, alpha = held_offsets(model), 0.4
+    tiled = np.broadcast_to(theta, (2,) + theta.shape).copy()
+    sgd = config.inner_optimizer(config.TrainConfig(
+        **{**config.preset("maml", 5, 1), "algo": "fomaml", "bn_offsets_outer": True}), model)
+    np.testing.assert_array_equal(sgd.mask, mask)
+    phi = meta.adapt(model, tiled, [support], sgd)
+    np.testing.assert_array_equal(phi[:, mask == 0], tiled[:, mask == 0])
+    np.testing.assert_allclose(phi, tiled - alpha * mask * model.grad(tiled, *support),
+                               rtol=0, atol=1e-15)
+    delta, _ = meta.fomaml_delta(model, tiled, [support, query], sgd)
+    np.testing.assert_allclose(delta, -alpha * model.grad(phi, *query), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("change", [dict(algo="reptile", foml_tail=0), dict(sgd=False, algo="fomaml"),
+                                    dict(algo="imaml")])
+def test_held_offsets_are_refused_where_they_would_never_be_learned(change):
+    """Reptile's and Adam's updates are the inner steps themselves (held offsets would never
+    move) and iMAML's proximal solve has no mask: one line naming the flag."""
+    cfg = config.TrainConfig(**{**config.preset("maml", 5, 1), "bn_offsets_outer": True,
+                                **change})
+    with pytest.raises(config.UserError, match="--bn-offsets-outer"):
+        cfg.validate()

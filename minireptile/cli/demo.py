@@ -67,7 +67,7 @@ def load_learner(folder, classes, shots, eval_iters, seed):
     if theta.shape != (model.num_params,):
         raise UserError(f"{folder}: theta has {theta.shape[-1]} parameters, the omniglot "
                         f"model {model.num_params}")
-    learner = Learner(model, theta, optimizer, inner_optimizer(cfg), cfg, seed)
+    learner = Learner(model, theta, optimizer, inner_optimizer(cfg, model), cfg, seed)
     return learner, cfg.classes, _describe(folder, cfg)
 
 
