@@ -177,7 +177,10 @@ def preset(name, classes=None, shots=None):
       - test: 10 SGD steps (``test_num_updates = 10``) on the support set, batch norm on the
         query batch's own statistics (transductive), 600 tasks (``NUM_TEST_POINTS``);
       - their CNN (--network maml): batch norm without scale, the 2x2 positions averaged, a
-        N(0, 1) dense head (``models.omniglot_cnn``).
+        N(0, 1) dense head (``models.omniglot_cnn``);
+      - its batch-norm offsets are not among the inner loop's weights (``maml.py``'s
+        ``weights`` dict holds kernels, biases and the head; ``tf_layers.batch_norm`` keeps
+        its own variables): --bn-offsets-outer.
     """
     if name == "quick":
         return {}
@@ -194,10 +197,10 @@ def preset(name, classes=None, shots=None):
     meta_batch, update_lr, updates = FINN[n]
     return dict(network="maml", classes=n, shots=k, train_shots=2 * k, foml_tail=k,
                 inner_batch=n * k, inner_iters=updates + 1, learning_rate=update_lr / k,
-                sgd=True, algo="maml", outer="adam", meta_step=1e-3, meta_step_final=1e-3,
-                meta_batch=meta_batch, meta_iters=40000, eval_batch=n * k, eval_iters=10,
-                eval_samples=600, transductive=True, eval_interval=1000,
-                eval_tasks_during=100)
+                sgd=True, algo="maml", bn_offsets_outer=True, outer="adam", meta_step=1e-3,
+                meta_step_final=1e-3, meta_batch=meta_batch, meta_iters=40000,
+                eval_batch=n * k, eval_iters=10, eval_samples=600, transductive=True,
+                eval_interval=1000, eval_tasks_during=100)
 
 
 def imaml_preset(classes=None, shots=None):

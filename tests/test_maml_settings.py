@@ -13,7 +13,7 @@ import pytest
 
 from minireptile import config, meta, train
 from minireptile.models import omniglot_cnn
-from minireptile.optim import SGD, Adam
+from minireptile.optim import Adam
 
 H = 1e-5
 
@@ -30,12 +30,13 @@ def finn_problem(rng, tasks=2, n=5, k=1):
     return model, theta, [batch(), batch()]
 
 
-def unrolled_gradient(model, theta, support, query, alpha):
+def unrolled_gradient(model, theta, support, query, alpha, mask=1.0):
     """Central differences, coordinate by coordinate, of the mean over tasks of
-    L_query(theta - alpha L_support'(theta)): Finn et al.'s meta-objective, written out."""
+    L_query(theta - alpha M L_support'(theta)): Finn et al.'s meta-objective, written out
+    (M: their inner loop's weights, all but the batch-norm offsets)."""
     def meta_loss(th):
         tiled = np.broadcast_to(th, (support[0].shape[0],) + th.shape)
-        phi = tiled - alpha * model.grad(tiled, *support)
+        phi = tiled - alpha * mask * model.grad(tiled, *support)
         return model.loss(phi, *query).mean()
     g = np.zeros_like(theta)
     for j in range(theta.size):
@@ -52,8 +53,9 @@ def test_one_maml_meta_step_is_a_step_on_the_unrolled_meta_gradient(rng):
     model, theta, batches = finn_problem(rng)
     cfg = config.TrainConfig(**{**config.preset("maml", 5, 1), "outer": "sgd"})
     alpha, epsilon = cfg.learning_rate, 0.7
-    new, _ = train.meta_iteration(model, theta, SGD(alpha), batches, epsilon, cfg)
-    g = unrolled_gradient(model, theta, *batches, alpha)
+    sgd = config.inner_optimizer(cfg, model)
+    new, _ = train.meta_iteration(model, theta, sgd, batches, epsilon, cfg)
+    g = unrolled_gradient(model, theta, *batches, alpha, held_offsets(model))
     step = new - theta
     assert np.linalg.norm(step + epsilon * alpha * g) < 1e-6 * np.linalg.norm(step)
 
@@ -67,9 +69,9 @@ def test_the_outer_adam_takes_that_gradient(rng):
     step" and the rest to Adam's."""
     model, theta, batches = finn_problem(rng)
     cfg = config.TrainConfig(**config.preset("maml", 5, 1))
-    new, _ = train.meta_iteration(model, theta, SGD(cfg.learning_rate), batches,
+    new, _ = train.meta_iteration(model, theta, config.inner_optimizer(cfg, model), batches,
                                   cfg.meta_step, cfg, outer=config.outer_optimizer(cfg))
-    g = unrolled_gradient(model, theta, *batches, cfg.learning_rate)
+    g = unrolled_gradient(model, theta, *batches, cfg.learning_rate, held_offsets(model))
     expected = Adam(cfg.meta_step, beta1=0.9).step(theta, cfg.learning_rate * g)
     moved = np.abs(g) > 1e-6 * np.abs(g).max()
     np.testing.assert_allclose(new[moved], expected[moved], rtol=0, atol=1e-6 * cfg.meta_step)
@@ -94,6 +96,7 @@ def test_their_inner_step_on_their_loss_is_ours_on_the_summed_loss(rng, n, k):
     assert settings["inner_batch"] == settings["eval_batch"] == n * k
     assert (settings["train_shots"], settings["foml_tail"]) == (2 * k, k)
     assert settings["inner_iters"] == config.FINN[n][2] + 1
+    assert settings["bn_offsets_outer"]                 # their offsets are not fast weights
 
 
 def test_a_maml_run_whose_test_step_differs_from_the_trained_one_is_warned(tmp_path):
@@ -110,7 +113,7 @@ def test_a_maml_run_whose_test_step_differs_from_the_trained_one_is_warned(tmp_p
 
 
 def held_offsets(model):
-    """Finn et al.'s inner loop: every weight but the batch-norm offsets (``--bn-offsets-outer``)."""
+    """Finn et al.'s inner loop's weights: all but the batch-norm offsets (--bn-offsets-outer)."""
     mask = model.inner_mask(("beta",))
     offsets = [model.layout[f"{i}.beta"] for i in (1, 4, 7, 10)]
     assert all(not mask[off:off + shape[0]].any() for off, shape in offsets)
@@ -149,7 +152,7 @@ def test_fomaml_with_the_offsets_held_steps_every_parameter_on_the_query_gradien
     mask, alpha = held_offsets(model), 0.4
     tiled = np.broadcast_to(theta, (2,) + theta.shape).copy()
     sgd = config.inner_optimizer(config.TrainConfig(
-        **{**config.preset("maml", 5, 1), "algo": "fomaml", "bn_offsets_outer": True}), model)
+        **{**config.preset("maml", 5, 1), "algo": "fomaml"}), model)
     np.testing.assert_array_equal(sgd.mask, mask)
     phi = meta.adapt(model, tiled, [support], sgd)
     np.testing.assert_array_equal(phi[:, mask == 0], tiled[:, mask == 0])
@@ -159,12 +162,12 @@ def test_fomaml_with_the_offsets_held_steps_every_parameter_on_the_query_gradien
     np.testing.assert_allclose(delta, -alpha * model.grad(phi, *query), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("change", [dict(algo="reptile", foml_tail=0), dict(sgd=False, algo="fomaml"),
-                                    dict(algo="imaml")])
+@pytest.mark.parametrize("change", [dict(algo="reptile", foml_tail=0), dict(algo="imaml"),
+                                    dict(sgd=False, algo="fomaml")])
 def test_held_offsets_are_refused_where_they_would_never_be_learned(change):
     """Reptile's and Adam's updates are the inner steps themselves (held offsets would never
     move) and iMAML's proximal solve has no mask: one line naming the flag."""
-    cfg = config.TrainConfig(**{**config.preset("maml", 5, 1), "bn_offsets_outer": True,
+    cfg = config.TrainConfig(**{**config.preset("maml", 5, 1),
                                 **change})
     with pytest.raises(config.UserError, match="--bn-offsets-outer"):
         cfg.validate()
