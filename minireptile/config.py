@@ -56,6 +56,7 @@ class TrainConfig:
     augment: bool = True        # rotations of the training classes (Omniglot)
     sequential: bool = False
     outer: str = "sgd"          # the outer optimizer: sgd (Eq. 5) | adam
+    outer_eps: float = 1e-8     # the outer Adam's epsilon
     maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
     bn_offsets_outer: bool = False  # batch-norm offsets held in the inner loop (Finn et al.'s)
     imaml_lambda: float = 1.0   # iMAML: the proximal term's strength lambda
@@ -79,10 +80,12 @@ class TrainConfig:
                             f"classify (1 is always right)")
         if self.meta_iters < 0 or self.train_shots < 0 or self.foml_tail < 0:
             raise UserError("--meta-iters, --train-shots and --foml-tail cannot be negative")
-        for name in ("learning_rate", "meta_step", "meta_step_final", "weight_decay"):
+        for name in ("learning_rate", "meta_step", "meta_step_final", "weight_decay",
+                     "outer_eps"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (value == 0 and name in
-                                                         ("learning_rate", "weight_decay")):
+                                                         ("learning_rate", "weight_decay",
+                                                          "outer_eps")):
                 kind = "non-negative" if name.startswith("meta") else "positive"
                 raise UserError(f"--{flag(name)} must be a {kind} number, got {value}")
         for name, allowed in (("algo", ("reptile", "fomaml", "maml", "imaml", "combination")),
@@ -210,8 +213,13 @@ def imaml_preset(classes=None, shots=None):
         (``torch.nn.CrossEntropyLoss()``): our summed loss with --learning-rate 0.1 / (N K);
       - --n_steps 16 gradient steps, --lam 2.0, --cg_steps 5, --cg_damping 1.0: their system
         is ``(1.0 + regu_coef) * v + hvp / (lam + lam_damping)`` with regu_coef the
-        cg_damping and lam_damping 10 (``matrix_evaluator``'s default);
-      - --task_mb_size 32, outer Adam --outer_lr 1e-3, at least 20,000 meta-steps;
+        cg_damping and lam_damping 10 (``matrix_evaluator``'s default); lam weighs the
+        proximal term against the *mean* loss and hvp is the mean loss's, so on our summed
+        loss both lambdas are N K times theirs: --imaml-lambda 2 N K, --cg-lambda-damping
+        10 N K (the same steps and the same system, in our units);
+      - --task_mb_size 32, outer Adam --outer_lr 1e-3, at least 20,000 meta-steps; its eps
+        1e-3 (``torch.optim.Adam(..., eps=1e-3)``) on the mean-loss gradient, which our outer
+        Adam sees multiplied by alpha N K = inner_lr (Delta = -alpha g): --outer-eps 1e-4;
       - test: 600 tasks, 16 steps of 0.1 with --lam 0.0 (plain fine-tuning), the query
         batch's own batch-norm statistics (``track_running_stats=False``): transductive;
       - their CNN flattens 2x2x64 features with a batch-norm scale, as the paper's network.
@@ -221,10 +229,11 @@ def imaml_preset(classes=None, shots=None):
     n, k = classes or 5, shots or 1
     return dict(classes=n, shots=k, train_shots=2 * k, foml_tail=k, inner_batch=n * k,
                 inner_iters=17, learning_rate=0.1 / (n * k), sgd=True, algo="imaml",
-                imaml_lambda=2.0, cg_steps=5, cg_damping=1.0, cg_lambda_damping=10.0,
-                outer="adam", meta_step=1e-3, meta_step_final=1e-3, meta_batch=32,
-                meta_iters=20000, eval_batch=n * k, eval_iters=16, eval_samples=600,
-                transductive=True, eval_interval=1000, eval_tasks_during=100)
+                imaml_lambda=2.0 * n * k, cg_steps=5, cg_damping=1.0,
+                cg_lambda_damping=10.0 * n * k, outer="adam", outer_eps=1e-3 * 0.1,
+                meta_step=1e-3, meta_step_final=1e-3, meta_batch=32, meta_iters=20000,
+                eval_batch=n * k, eval_iters=16, eval_samples=600, transductive=True,
+                eval_interval=1000, eval_tasks_during=100)
 
 
 def from_saved(config):
@@ -241,7 +250,8 @@ def command_line(cfg, extra=()):
         value = getattr(cfg, f.name)
         if f.name in ("dataset", "transductive", "augment") or value is False or value == "":
             continue
-        if f.name in IMAML_ONLY and cfg.algo != "imaml":
+        if (f.name in IMAML_ONLY and cfg.algo != "imaml") or (
+                f.name == "outer_eps" and cfg.outer != "adam"):
             continue
         words.append(f"--{flag(f.name)}" if value is True else f"--{flag(f.name)} {value}")
     if not cfg.augment:
@@ -285,10 +295,10 @@ IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
             "seed", "dataset", "augment", "network", "imaml_lambda", "cg_steps", "cg_damping",
-            "cg_lambda_damping", "bn_offsets_outer")
+            "cg_lambda_damping", "bn_offsets_outer", "outer_eps")
 OLD_DEFAULTS = {"combination": "", "outer": "sgd", "network": "reptile",   # not saved before
                 "imaml_lambda": 1.0, "cg_steps": 5, "cg_damping": 0.0, "cg_lambda_damping": 0.0,
-                "bn_offsets_outer": False}
+                "bn_offsets_outer": False, "outer_eps": 1e-8}
 
 
 def differences(saved, config, fields=IDENTITY):
@@ -350,4 +360,4 @@ def inner_optimizer(cfg, model):
 def outer_optimizer(cfg):
     """The outer loop's: None (theta + epsilon Delta, Eq. 5), or Adam with beta1 = 0.9
     (Kingma & Ba's default, as Finn et al.'s MAML) whose step size follows epsilon."""
-    return Adam(cfg.meta_step, beta1=0.9) if cfg.outer == "adam" else None
+    return Adam(cfg.meta_step, beta1=0.9, eps=cfg.outer_eps) if cfg.outer == "adam" else None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.sparse.linalg import LinearOperator, cg
 
-from minireptile import config, gradcheck, models
+from minireptile import config, gradcheck, models, optim
 from minireptile.errors import UserError
 from minireptile.gradcheck.imaml import check_imaml
 from minireptile.layers import Linear
@@ -91,10 +91,37 @@ def test_batched_tasks_equal_tasks_alone_and_delta_is_minus_alpha_g(rng):
 
 def test_imaml_settings_are_checked():
     good = config.TrainConfig(**config.preset("imaml"))
-    assert good.validate() is good and good.imaml()["lam"] == 2.0
+    assert good.validate() is good and good.imaml()["lam"] == 2.0 * 5
     for change, message in ((dict(sgd=False), "--sgd"), (dict(inner_batch=3), "--inner-batch"),
                             (dict(imaml_lambda=0.0), "--imaml-lambda"),
                             (dict(cg_steps=0), "--cg-steps"),
                             (dict(weight_decay=0.9), "--weight-decay")):
         with pytest.raises(UserError, match=message):
             config.TrainConfig(**{**config.preset("imaml"), **change}).validate()
+
+
+@pytest.mark.parametrize("n, k", [(5, 1), (5, 5), (20, 1)])
+def test_the_authors_settings_in_our_units_take_their_steps(rng, n, k):
+    """--defaults imaml on our summed loss is the authors' code on their mean loss
+    (aravindr93/imaml_dev, torch.nn.CrossEntropyLoss): the same proximal gradient step
+    (inner_lr 0.1, lam 2), the same CG system ((1 + 1) v + H v / (2 + 10)), and the same
+    outer Adam (eps 1e-3 on their gradient), float64."""
+    cfg = config.TrainConfig(**config.preset("imaml", n, k)).validate()
+    model = models.omniglot_cnn(n, input_shape=(9, 9, 1), filters=2)
+    theta = model.init(rng)
+    phi = theta + 0.1 * rng.standard_normal(theta.size)
+    x, y = rng.random((n * k, 9, 9, 1)), np.repeat(np.arange(n), k)
+    v = rng.standard_normal(theta.size)
+    mean_grad = model.grad(phi, x, y) / (n * k)                       # their loss: the mean
+    theirs = phi - 0.1 * (mean_grad + 2.0 * (phi - theta))
+    ours = phi - cfg.learning_rate * (model.grad(phi, x, y) + cfg.imaml_lambda * (phi - theta))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    hv = model.hvp(phi, x, y, v)
+    theirs = (1 + 1.0) * v + hv / (n * k) / (2.0 + 10.0)
+    ours = (1 + cfg.cg_damping) * v + hv / (cfg.imaml_lambda + cfg.cg_lambda_damping)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    g_theirs = rng.standard_normal(theta.size) * 10.0 ** rng.uniform(-6, 0, theta.size)
+    delta = -cfg.learning_rate * (n * k * g_theirs)                 # ours: alpha g on the sum
+    adam_theirs = optim.Adam(1e-3, beta1=0.9, eps=1e-3).step(theta, g_theirs)
+    adam_ours = config.outer_optimizer(cfg).step(theta, -delta)
+    np.testing.assert_allclose(adam_ours, adam_theirs, rtol=1e-12, atol=1e-15)

@@ -78,6 +78,9 @@ def register(sub):
                    help="outer optimizer: sgd, theta + epsilon Delta (Eq. 5; default), or "
                         "adam, an Adam step of size epsilon (beta1 0.9) on -Delta, as Finn et "
                         "al.'s MAML (e.g. --meta-step 0.001 --meta-step-final 0.001)")
+    p.add_argument("--outer-eps", type=float, default=None, metavar="EPS",
+                   help="the outer Adam's epsilon (default 1e-8; --defaults imaml: the "
+                        "authors' 1e-3 in our units, 1e-4)")
     p.add_argument("--sequential", action="store_true", default=None,
                    help="run the meta-batch's tasks one after another through one Adam state, "
                         "exactly as the paper's code (default: one batched pass)")
