@@ -6,6 +6,7 @@ generator; ``make_omniglot`` and ``make_miniimagenet`` write small source folder
 demo's two pages' tests).
 """
 import contextlib
+import os
 import shutil
 import threading
 
@@ -124,3 +125,22 @@ def browser():
                 "--hide-scrollbars", "--window-size=1000,1300"):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def screenshot(driver, name, width, ready=None):
+    """Save the whole page, width CSS pixels wide, as $MINIREPTILE_DEMO_SCREENSHOTS/name if
+    that is set (written through a temporary name), once ready(driver) holds (10 s at most)."""
+    folder = os.environ.get("MINIREPTILE_DEMO_SCREENSHOTS")
+    if not folder:
+        return
+    if ready is not None:
+        from selenium.webdriver.support.ui import WebDriverWait
+        WebDriverWait(driver, 10).until(ready)
+    frame = driver.execute_script("return window.outerHeight - window.innerHeight")
+    height = driver.execute_script("return document.querySelector('footer')"
+                                   ".getBoundingClientRect().bottom + window.scrollY + 16")
+    driver.set_window_size(width, int(height) + frame)
+    tmp = os.path.join(folder, f".{name}.tmp.png")
+    with open(tmp, "wb") as f:
+        f.write(driver.get_screenshot_as_png())
+    os.replace(tmp, os.path.join(folder, name))

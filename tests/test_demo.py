@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import browser, serving
+from conftest import browser, screenshot, serving
 
 from minireptile import backend, parallel
 from minireptile.cli import main
@@ -586,8 +585,6 @@ def test_ctrl_c_stops_the_server_cleanly():
 TRIALS = 4              # tasks of 3 held-out characters, each character the query once
 
 
-
-
 def draw(driver, pad, strokes, kind):
     """Draw strokes given in 105x105 pixels on a pad with a mouse, pen or touch pointer."""
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
@@ -615,21 +612,10 @@ def press_learn(driver):
             for init in ("meta", "scratch")}
 
 
-def screenshot(driver, name, width):
-    """Save the whole page, width CSS pixels wide, in $MINIREPTILE_DEMO_SCREENSHOTS, if set,
-    once the replay of the steps has ended."""
-    from selenium.webdriver.support.ui import WebDriverWait
-    folder = os.environ.get("MINIREPTILE_DEMO_SCREENSHOTS")
-    if folder:
-        WebDriverWait(driver, 10).until(lambda d: d.find_element("id", "step-label").text
-                                        == d.find_element("id", "step").get_attribute("max"))
-        frame = driver.execute_script("return window.outerHeight - window.innerHeight")
-        height = driver.execute_script("return document.querySelector('footer')"
-                                       ".getBoundingClientRect().bottom + window.scrollY + 16")
-        driver.set_window_size(width, int(height) + frame)
-        tmp = Path(folder) / f".{name}.tmp.png"
-        tmp.write_bytes(driver.get_screenshot_as_png())
-        os.replace(tmp, Path(folder) / name)
+def replayed(driver):
+    """The page's replay of the adaptation steps has ended (its slider at the last step)."""
+    return (driver.find_element("id", "step-label").text
+            == driver.find_element("id", "step").get_attribute("max"))
 
 
 @pytest.mark.slow
@@ -678,11 +664,11 @@ def test_the_page_learns_held_out_characters_drawn_with_pointers(originals, caps
                   f"1/3); server {np.mean(seconds):.2f} s per learn request (min "
                   f"{min(seconds):.2f}, max {max(seconds):.2f})")
         assert right["meta"] >= 9                     # chance gives >= 9 of 12 with p < 0.4%
-        screenshot(driver, "demo-page.png", 1000)
+        screenshot(driver, "demo-page.png", 1000, replayed)
         driver.set_window_size(390, 844)                                 # a phone
         assert driver.execute_script(
             "return document.documentElement.scrollWidth <= window.innerWidth")
-        screenshot(driver, "demo-phone.png", 390)
+        screenshot(driver, "demo-phone.png", 390, replayed)
     finally:
         driver.quit()
         proc.send_signal(signal.SIGINT)

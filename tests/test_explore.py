@@ -6,15 +6,13 @@ with a reason without them. With MINIREPTILE_DEMO_SCREENSHOTS=DIR it saves the p
 screenshot there as demo-explore.png (docs/ holds it).
 """
 import json
-import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import browser, serving
+from conftest import browser, screenshot, serving
 
 from minireptile.cli import demo as cli_demo, main
 from minireptile.demo import explore
@@ -246,7 +244,6 @@ def test_the_work_runs_under_the_lock_the_drawing_page_shares(httpd, port, monke
 # ---------------------------------------------------------------- the page in Chromium
 
 
-
 def settled(driver, act):
     """Do act(), then wait until the page has drawn the server's answer for its controls;
     the settings that answer was computed with."""
@@ -354,16 +351,3 @@ def test_the_page_draws_the_cores_updates_as_theta_is_dragged(httpd, port):
             "return document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         driver.quit()
-
-
-def screenshot(driver, name, width):
-    """Save the whole page, width CSS pixels wide, in $MINIREPTILE_DEMO_SCREENSHOTS, if set."""
-    folder = os.environ.get("MINIREPTILE_DEMO_SCREENSHOTS")
-    if folder:
-        frame = driver.execute_script("return window.outerHeight - window.innerHeight")
-        height = driver.execute_script("return document.querySelector('footer')"
-                                       ".getBoundingClientRect().bottom + window.scrollY + 16")
-        driver.set_window_size(width, int(height) + frame)
-        tmp = Path(folder) / f".{name}.tmp.png"
-        tmp.write_bytes(driver.get_screenshot_as_png())
-        os.replace(tmp, Path(folder) / name)

@@ -57,7 +57,8 @@ THREADS = 8                 # connections served at once
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 PAGES = {"/": "index.html", "/explore": "explore.html"}
 FILES = {"index.html": "text/html", "demo.css": "text/css", "demo.js": "text/javascript",
-         "explore.html": "text/html", "explore.js": "text/javascript"}
+         "explore.html": "text/html", "explore.js": "text/javascript",
+         "common.js": "text/javascript"}
 
 
 class BadRequest(Exception):

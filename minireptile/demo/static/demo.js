@@ -128,19 +128,6 @@ function showImage(canvas, image) {
 
 // ---- talking to the server ---------------------------------------------------------------
 
-async function post(path, body) {
-  let response;
-  try {
-    response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                                   body: JSON.stringify(body)});
-  } catch (err) {
-    throw new Error("the demo server does not answer (is `minireptile demo` still running?)");
-  }
-  const reply = await response.json().catch(() => ({error: "the server sent no JSON"}));
-  if (!response.ok) throw new Error(reply.error || ("HTTP " + response.status));
-  return reply;
-}
-
 // Shows the server's 28x28 image of the pad, unless the pad changed while it was coming.
 async function preview(pad) {
   const version = pad.version;

@@ -47,19 +47,6 @@ function settings() {
 
 const tasksKey = (s) => [s.seed, s.tasks, s.points].join(",");
 
-async function post(path, body) {
-  let response;
-  try {
-    response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                                   body: JSON.stringify(body)});
-  } catch (err) {
-    throw new Error("the demo server does not answer (is `minireptile demo` still running?)");
-  }
-  const reply = await response.json().catch(() => ({error: "the server sent no JSON"}));
-  if (!response.ok) throw new Error(reply.error || ("HTTP " + response.status));
-  return reply;
-}
-
 // One request at a time; when it comes back, another if the controls moved meanwhile.
 async function refresh() {
   document.body.dataset.settled = "false";
