@@ -171,3 +171,17 @@ def test_held_offsets_are_refused_where_they_would_never_be_learned(change):
                                 **change})
     with pytest.raises(config.UserError, match="--bn-offsets-outer"):
         cfg.validate()
+
+
+def test_the_preset_holds_the_offsets_and_the_flag_can_adapt_them():
+    """--defaults maml sets --bn-offsets-outer (Finn et al.'s inner loop); the command line
+    can turn it off (the runs with adapted offsets in docs/reproduce.md)."""
+    from minireptile.cli import build_parser
+    from minireptile.cli.train import train_config
+    parser = build_parser()
+    held, _ = train_config(parser.parse_args(["train", "omniglot", "--defaults", "maml"]))
+    adapted, _ = train_config(parser.parse_args(["train", "omniglot", "--defaults", "maml",
+                                                 "--no-bn-offsets-outer"]))
+    assert held.bn_offsets_outer and not adapted.bn_offsets_outer
+    assert "--bn-offsets-outer" in config.command_line(held)
+    assert "bn-offsets" not in config.command_line(adapted)

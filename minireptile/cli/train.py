@@ -88,10 +88,11 @@ def register(sub):
                    help="exact MAML: recompute each inner step's forward and backward passes "
                         "for its Hessian-vector product instead of keeping them (memory O(k P) "
                         "instead of k steps' activations; about 1.3x slower on Omniglot)")
-    p.add_argument("--bn-offsets-outer", action="store_true", default=None,
+    p.add_argument("--bn-offsets-outer", action=argparse.BooleanOptionalAction, default=None,
                    help="fomaml/maml with --sgd: hold batch norm's offsets fixed in the inner "
                         "loop and learn them in the outer loop only, as Finn et al.'s code "
-                        "(their offsets are not among the adapted weights)")
+                        "(their offsets are not among the adapted weights; --defaults maml "
+                        "sets it, --no-bn-offsets-outer adapts them with the rest)")
     p.add_argument("--network", choices=("reptile", "maml"), default=None,
                    help="omniglot CNN as the paper's code builds it (reptile, default) or as "
                         "Finn et al.'s MAML code does (maml: batch norm without scale, the "
