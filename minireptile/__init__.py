@@ -17,7 +17,7 @@ composes are named here (``__all__``; docs/api.md shows them at work):
 __version__ = "0.1.0"
 
 from . import sine                                                          # noqa: E402
-from .config import TrainConfig, preset                                     # noqa: E402
+from .config import TrainConfig                                             # noqa: E402
 from .conv import BatchNorm, Conv2d, Flatten, MaxPool2d, MeanPool           # noqa: E402
 from .data import inner_batches, load_dataset, sample_tasks                 # noqa: E402
 from .data.batches import task_rng                                          # noqa: E402
@@ -30,6 +30,7 @@ from .meta import (adapt, combination_delta, delta_rule, fomaml_delta,      # no
 from .metabatch import meta_update                                          # noqa: E402
 from .models import Sequential, miniimagenet_cnn, mlp, omniglot_cnn         # noqa: E402
 from .optim import SGD, Adam                                                # noqa: E402
+from .presets import preset                                                 # noqa: E402
 from .sine import SineConfig                                                # noqa: E402
 from .train import run as train_run                                         # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.sparse.linalg import LinearOperator, cg
 
-from minireptile import config, gradcheck, models, optim
+from minireptile import config, gradcheck, models, optim, presets
 from minireptile.errors import UserError
 from minireptile.gradcheck.imaml import check_imaml
 from minireptile.layers import Linear
@@ -90,14 +90,14 @@ def test_batched_tasks_equal_tasks_alone_and_delta_is_minus_alpha_g(rng):
 
 
 def test_imaml_settings_are_checked():
-    good = config.TrainConfig(**config.preset("imaml"))
+    good = config.TrainConfig(**presets.preset("imaml"))
     assert good.validate() is good and good.imaml()["lam"] == 2.0 * 5
     for change, message in ((dict(sgd=False), "--sgd"), (dict(inner_batch=3), "--inner-batch"),
                             (dict(imaml_lambda=0.0), "--imaml-lambda"),
                             (dict(cg_steps=0), "--cg-steps"),
                             (dict(weight_decay=0.9), "--weight-decay")):
         with pytest.raises(UserError, match=message):
-            config.TrainConfig(**{**config.preset("imaml"), **change}).validate()
+            config.TrainConfig(**{**presets.preset("imaml"), **change}).validate()
 
 
 @pytest.mark.parametrize("n, k", [(5, 1), (5, 5), (20, 1)])
@@ -106,7 +106,7 @@ def test_the_authors_settings_in_our_units_take_their_steps(rng, n, k):
     (aravindr93/imaml_dev, torch.nn.CrossEntropyLoss): the same proximal gradient step
     (inner_lr 0.1, lam 2), the same CG system ((1 + 1) v + H v / (2 + 10)), and the same
     outer Adam (eps 1e-3 on their gradient), float64."""
-    cfg = config.TrainConfig(**config.preset("imaml", n, k)).validate()
+    cfg = config.TrainConfig(**presets.preset("imaml", n, k)).validate()
     model = models.omniglot_cnn(n, input_shape=(9, 9, 1), filters=2)
     theta = model.init(rng)
     phi = theta + 0.1 * rng.standard_normal(theta.size)

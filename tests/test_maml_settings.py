@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 
-from minireptile import config, meta, train
+from minireptile import config, meta, presets, train
 from minireptile.models import omniglot_cnn
 from minireptile.optim import Adam
 
@@ -51,7 +51,7 @@ def test_one_maml_meta_step_is_a_step_on_the_unrolled_meta_gradient(rng):
     moves theta by -epsilon alpha g, g the central-difference gradient of the unrolled query
     loss: the inner step, the support/query wiring and the loss's reduction all enter g."""
     model, theta, batches = finn_problem(rng)
-    cfg = config.TrainConfig(**{**config.preset("maml", 5, 1), "outer": "sgd"})
+    cfg = config.TrainConfig(**{**presets.preset("maml", 5, 1), "outer": "sgd"})
     alpha, epsilon = cfg.learning_rate, 0.7
     sgd = config.inner_optimizer(cfg, model)
     new, _ = train.meta_iteration(model, theta, sgd, batches, epsilon, cfg)
@@ -68,7 +68,7 @@ def test_the_outer_adam_takes_that_gradient(rng):
     removes any shift; a channel that ReLU silences has more), so these are held to "no
     step" and the rest to Adam's."""
     model, theta, batches = finn_problem(rng)
-    cfg = config.TrainConfig(**config.preset("maml", 5, 1))
+    cfg = config.TrainConfig(**presets.preset("maml", 5, 1))
     new, _ = train.meta_iteration(model, theta, config.inner_optimizer(cfg, model), batches,
                                   cfg.meta_step, cfg, outer=config.outer_optimizer(cfg))
     g = unrolled_gradient(model, theta, *batches, cfg.learning_rate, held_offsets(model))
@@ -85,8 +85,8 @@ def test_their_inner_step_on_their_loss_is_ours_on_the_summed_loss(rng, n, k):
     """Their inner loss is the per-example cross-entropy / K, summed by tf.gradients; ours is
     the sum: a step of update_lr on theirs is a step of --learning-rate update_lr / K on ours.
     And the preset evaluates with the trained step: the same N K support images per batch."""
-    settings = config.preset("maml", n, k)
-    update_lr = config.FINN[n][1]
+    settings = presets.preset("maml", n, k)
+    update_lr = presets.FINN[n][1]
     model = omniglot_cnn(n, input_shape=(9, 9, 1), filters=2, network="maml")
     theta = model.init(rng)
     x, y = rng.random((n * k, 9, 9, 1)), np.repeat(np.arange(n), k)
@@ -95,7 +95,7 @@ def test_their_inner_step_on_their_loss_is_ours_on_the_summed_loss(rng, n, k):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
     assert settings["inner_batch"] == settings["eval_batch"] == n * k
     assert (settings["train_shots"], settings["foml_tail"]) == (2 * k, k)
-    assert settings["inner_iters"] == config.FINN[n][2] + 1
+    assert settings["inner_iters"] == presets.FINN[n][2] + 1
     assert settings["bn_offsets_outer"]                 # their offsets are not fast weights
 
 
@@ -103,7 +103,7 @@ def test_a_maml_run_whose_test_step_differs_from_the_trained_one_is_warned(tmp_p
     """Exact MAML learns an initialisation for one step: evaluating with another batch size
     (the summed loss scales the step with it) gets a one-line warning before training."""
     stream = io.StringIO()
-    cfg = config.TrainConfig(**{**config.preset("maml"), "eval_batch": 3, "meta_iters": 1,
+    cfg = config.TrainConfig(**{**presets.preset("maml"), "eval_batch": 3, "meta_iters": 1,
                                 "eval_samples": 1, "eval_iters": 1, "meta_batch": 2,
                                 "eval_tasks_during": 1})
     train.run(cfg, stream=stream)
@@ -152,7 +152,7 @@ def test_fomaml_with_the_offsets_held_steps_every_parameter_on_the_query_gradien
     mask, alpha = held_offsets(model), 0.4
     tiled = np.broadcast_to(theta, (2,) + theta.shape).copy()
     sgd = config.inner_optimizer(config.TrainConfig(
-        **{**config.preset("maml", 5, 1), "algo": "fomaml"}), model)
+        **{**presets.preset("maml", 5, 1), "algo": "fomaml"}), model)
     np.testing.assert_array_equal(sgd.mask, mask)
     phi = meta.adapt(model, tiled, [support], sgd)
     np.testing.assert_array_equal(phi[:, mask == 0], tiled[:, mask == 0])
@@ -167,7 +167,7 @@ def test_fomaml_with_the_offsets_held_steps_every_parameter_on_the_query_gradien
 def test_held_offsets_are_refused_where_they_would_never_be_learned(change):
     """Reptile's and Adam's updates are the inner steps themselves (held offsets would never
     move) and iMAML's proximal solve has no mask: one line naming the flag."""
-    cfg = config.TrainConfig(**{**config.preset("maml", 5, 1),
+    cfg = config.TrainConfig(**{**presets.preset("maml", 5, 1),
                                 **change})
     with pytest.raises(config.UserError, match="--bn-offsets-outer"):
         cfg.validate()

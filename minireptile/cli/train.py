@@ -12,7 +12,7 @@ import dataclasses
 import os
 import sys
 
-from .. import backend, checkpoint, config, evaluate, files, train
+from .. import backend, checkpoint, config, evaluate, files, presets, train
 from ..errors import UserError
 from . import add_device_flags, add_distributed_flags, start_distributed
 
@@ -99,7 +99,7 @@ def register(sub):
                         "2x2 positions averaged, a N(0, 1) dense head)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no rotated copies of the training classes (Omniglot has them)")
-    p.add_argument("--defaults", choices=config.PRESETS, default="quick",
+    p.add_argument("--defaults", choices=presets.PRESETS, default="quick",
                    help="values of the flags not given: quick (default; the embedded quick "
                         "run), paper (supervised-reptile's args.py, which the paper's "
                         "commands assume: e.g. --shots 5, --eval-samples 10000) or maml "
@@ -178,7 +178,7 @@ def train_config(args):
             raise UserError("--combination is its own first-order algorithm (section 6.2); "
                             "drop --algo/--foml")
         given["algo"] = "combination"
-    base = config.preset(args.defaults, given.get("classes"), given.get("shots"))
+    base = presets.preset(args.defaults, given.get("classes"), given.get("shots"))
     given.update(dataset=args.dataset, seed=args.seed or 0,
                  transductive=args.transductive or base.get("transductive", False))
     return config.TrainConfig(**{**base, **given}), args.defaults

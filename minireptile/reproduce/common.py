@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .. import __version__, backend, checkpoint, config, evaluate, files, sine, train
+from .. import __version__, backend, checkpoint, config, evaluate, files, presets, sine, train
 from ..errors import UserError
 from .report import figure
 
@@ -58,8 +58,8 @@ class Session:
 
     def config(self, preset="quick", **fields):
         """A checked TrainConfig: the preset's values, then these fields."""
-        return config.TrainConfig(**{**config.preset(preset, fields.get("classes"),
-                                                     fields.get("shots")), **fields}).validate()
+        base = presets.preset(preset, fields.get("classes"), fields.get("shots"))
+        return config.TrainConfig(**{**base, **fields}).validate()
 
     def flags(self):
         """The device and thread flags each recorded command carries (None: not given)."""

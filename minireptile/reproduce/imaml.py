@@ -1,5 +1,5 @@
 """iMAML's Omniglot 5-way 1-shot row (Rajeswaran et al. 2019, Table 2: iMAML-GD 99.16 +/-
-0.35%), at the authors' settings (``--defaults imaml``, ``config.imaml_preset``).
+0.35%), at the authors' settings (``--defaults imaml``, ``presets.imaml_preset``).
 
 The run trains ``minireptile train omniglot --defaults imaml``: 16 gradient steps on the
 proximal problem per task (lambda 2), the implicit meta-gradient by 5 conjugate-gradient
