@@ -331,7 +331,19 @@ function drawPaths(r) {
 
 // ---- start -------------------------------------------------------------------------------
 
+// One arrowhead marker per colour of COLORS (an arrow of update NAME ends in #head-NAME).
+function arrowHeads() {
+  const defs = document.querySelector("#plane defs");
+  for (const [name, color] of Object.entries(COLORS)) {
+    const head = svg("marker", {id: "head-" + name, class: "head", viewBox: "0 0 10 10",
+                                refX: 9, refY: 5, markerWidth: 3.6, markerHeight: 3.6,
+                                orient: "auto-start-reverse"}, defs);
+    svg("path", {d: "M0,0 L10,5 L0,10 z", fill: color}, head);
+  }
+}
+
 function start() {
+  arrowHeads();
   drawAxes();
   placeTheta();
   const plane = $("plane");
