@@ -2,7 +2,8 @@
 
     exact MAML   u.g_MAML, g_MAML = d/dtheta L_test(U^k(theta)), vs central differences of
                  the unrolled loss theta -> L_test(U^k(theta)) along random directions u,
-                 k = 1..3 (Eqs. 17-21)
+                 k = 1..3 (Eqs. 17-21); and k = 2 with an inner mask M holding half the
+                 parameters, the factors (I - alpha H_i M)
     FOMAML       Delta = phi_k - phi_{k-1} = -alpha L_k'(phi_{k-1})   (its definition)
     Reptile      Delta = phi_k - theta = -alpha sum_i L_i'(phi_{i-1})  (its definition, Eq. 40)
     Taylor       Eqs. (25)-(27): the second-order expansions of MAML, FOMAML and Reptile for
@@ -52,6 +53,7 @@ def check_meta(name, model, sample, rng, xp=np, k_max=3, alpha=0.05):
                             np.array([scalar(g * u) for u in dirs]),
                             np.array([central(lambda s, u=u: meta_loss(theta + s * u))
                                       for u in dirs])))
+    rows.append(held_row(name, model, theta, batches[:2], batches[2], alpha, rng, xp))
     grads, phi = [], theta
     for x, y in batches:                                    # the inner loop, written out
         grads.append(model.grad(phi, x, y))
@@ -61,6 +63,22 @@ def check_meta(name, model, sample, rng, xp=np, k_max=3, alpha=0.05):
     rows.append(compare(name, "reptile = -alpha sum g_i", reptile_delta(
         model, theta, batches, SGD(alpha))[0], -alpha * sum(grads)))
     return rows + taylor_rows(name, model, theta, batches[:2])
+
+
+def held_row(name, model, theta, inner, test, alpha, rng, xp):
+    """Exact MAML with an inner-loop mask M holding a random half of the parameters
+    (``--bn-offsets-outer`` holds the batch-norm offsets): u.g_MAML, with its factors
+    (I - alpha H_i M), against central differences of L_test through the masked SGD steps."""
+    mask = xp.asarray((rng.random(theta.shape) < 0.5).astype(np.float64))
+
+    def meta_loss(th):
+        return scalar(model.loss(adapt(model, th, inner, SGD(alpha, mask)), *test))
+
+    g = maml_gradient(model, theta, inner, test, alpha, mask=mask)
+    dirs = [xp.asarray(unit(rng, theta.shape)) for _ in range(DIRECTIONS)]
+    return compare(name, f"maml k={len(inner)}, half held (mask M; {DIRECTIONS} directions)",
+                   np.array([scalar(g * u) for u in dirs]),
+                   np.array([central(lambda s, u=u: meta_loss(theta + s * u)) for u in dirs]))
 
 
 def taylor_rows(name, model, theta, batches, alpha=TAYLOR_ALPHA):
