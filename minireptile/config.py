@@ -55,6 +55,7 @@ class TrainConfig:
     maml_recompute: bool = False  # exact MAML: recompute each H_i v's passes (memory O(k P))
     bn_offsets_outer: bool = False  # batch-norm offsets held in the inner loop (Finn et al.'s)
     imaml_lambda: float = 1.0   # iMAML: the proximal term's strength lambda
+    imaml_inner: str = "proximal"  # iMAML: proximal (the paper's iMAML-GD) | authors (their code)
     cg_steps: int = 5           # iMAML: conjugate-gradient iterations for (I + H / lambda)^(-1)
     cg_damping: float = 0.0     # iMAML: the authors' damping, ((1 + d) I + H / (lambda + d'))
     cg_lambda_damping: float = 0.0   # ... its d' (0, 0: the paper's system)
@@ -85,9 +86,10 @@ class TrainConfig:
                 raise UserError(f"--{flag(name)} must be a {kind} number, got {value}")
         for name, allowed in (("algo", ("reptile", "fomaml", "maml", "imaml", "combination")),
                               ("network", ("reptile", "maml")), ("outer", ("sgd", "adam")),
+                              ("imaml_inner", ("proximal", "authors")),
                               ("dataset", ("omniglot", "miniimagenet"))):
             if getattr(self, name) not in allowed:
-                raise UserError(f"unknown --{name} {getattr(self, name)!r}; expected "
+                raise UserError(f"unknown --{flag(name)} {getattr(self, name)!r}; expected "
                                 f"{' or '.join(a for a in allowed if a != 'combination')}")
         if self.network == "maml" and self.dataset != "omniglot":
             raise UserError("--network maml: only the Omniglot CNN has Finn et al.'s variant")
@@ -138,6 +140,7 @@ class TrainConfig:
     def imaml(self):
         """iMAML's options for ``meta.delta_rule``."""
         return {"lam": self.imaml_lambda, "cg_steps": self.cg_steps,
+                "pullback": self.imaml_inner == "authors",
                 "damping": self.cg_damping, "lam_damping": self.cg_lambda_damping}
 
 
@@ -177,7 +180,7 @@ def flags(fields):
                     for k, v in fields.items() if v is not False)
 
 
-IMAML_ONLY = ("imaml_lambda", "cg_steps", "cg_damping", "cg_lambda_damping")
+IMAML_ONLY = ("imaml_lambda", "imaml_inner", "cg_steps", "cg_damping", "cg_lambda_damping")
 
 
 def combination_weights(spec, k):
@@ -204,11 +207,11 @@ def combination_weights(spec, k):
 IDENTITY = ("classes", "train_shots", "inner_batch", "inner_iters", "replacement",
             "learning_rate", "meta_step", "meta_step_final", "meta_batch", "meta_iters",
             "weight_decay", "algo", "foml_tail", "combination", "sgd", "sequential", "outer",
-            "seed", "dataset", "augment", "network", "imaml_lambda", "cg_steps", "cg_damping",
-            "cg_lambda_damping", "bn_offsets_outer", "outer_eps")
+            "seed", "dataset", "augment", "network", "imaml_lambda", "imaml_inner", "cg_steps",
+            "cg_damping", "cg_lambda_damping", "bn_offsets_outer", "outer_eps")
 OLD_DEFAULTS = {"combination": "", "outer": "sgd", "network": "reptile",   # not saved before
-                "imaml_lambda": 1.0, "cg_steps": 5, "cg_damping": 0.0, "cg_lambda_damping": 0.0,
-                "bn_offsets_outer": False, "outer_eps": 1e-8}
+                "imaml_lambda": 1.0, "imaml_inner": "proximal", "cg_steps": 5, "cg_damping": 0.0,
+                "cg_lambda_damping": 0.0, "bn_offsets_outer": False, "outer_eps": 1e-8}
 
 
 def differences(saved, config, fields=IDENTITY):

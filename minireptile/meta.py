@@ -195,7 +195,7 @@ def maml_delta(model, theta, batches, optimizer, weight_decay=1.0, reuse=True):
 
 
 def imaml_gradient(model, theta, train_batch, test_batch, alpha, steps, lam, cg_steps,
-                   damping=0.0, lam_damping=0.0):
+                   damping=0.0, lam_damping=0.0, pullback=False):
     """Implicit MAML's meta-gradient (Rajeswaran, Finn, Kakade, Levine 2019, iMAML-GD).
 
         phi ~ Alg*(theta) = argmin_phi L_train(phi) + (lam / 2) ||phi - theta||^2
@@ -210,6 +210,10 @@ def imaml_gradient(model, theta, train_batch, test_batch, alpha, steps, lam, cg_
     damping, lam_damping: the system the authors' code solves, ((1 + damping) I +
     H / (lam + lam_damping)) g = L_test'(phi) (implicit_maml/learner_model.py,
     ``matrix_evaluator``: regu_coef, lam_damping); 0, 0 is the paper's.
+    pullback: the inner loop of the authors' code (examples/omniglot_implicit_maml.py:
+    ``learn_task`` then one step on ``regularization_loss(w_0, lam)``): `steps` steps of
+    gradient descent on L_train alone, then one step on the proximal term alone,
+    phi <- phi - alpha lam (phi - theta).
     theta: (P,) or (n, P); train_batch, test_batch: (x, y). Returns (g_iMAML, the CG
     residual ||b - A g|| per task, the loss of the training batch at theta).
     """
@@ -217,7 +221,9 @@ def imaml_gradient(model, theta, train_batch, test_batch, alpha, steps, lam, cg_
     for _ in range(steps):                             # phi_i, gradient descent on Eq. (4)
         loss, g = model.loss_and_grad(phi, *train_batch)
         first = loss if first is None else first
-        phi = phi - alpha * (g + lam * (phi - theta))
+        phi = phi - alpha * (g if pullback else g + lam * (phi - theta))
+    if pullback:                                       # the authors': the proximal term last
+        phi = phi - alpha * lam * (phi - theta)
     _, v = model.loss_and_grad(phi, *test_batch)                      # L_test'(phi)
     loss, _, hvp = model.linearize(phi, *train_batch)                 # v -> H v at phi
     first = loss if first is None else first
@@ -248,7 +254,8 @@ def conjugate_gradient(apply, b, steps):
     return x, xp.sqrt(rr[..., 0])
 
 
-def imaml_delta(model, theta, batches, optimizer, lam, cg_steps, damping=0.0, lam_damping=0.0):
+def imaml_delta(model, theta, batches, optimizer, lam, cg_steps, damping=0.0, lam_damping=0.0,
+                pullback=False):
     """Delta = -alpha g_iMAML: k - 1 steps of gradient descent on the proximal problem on
     batches[0] (the support set, full batch), the test batch batches[-1].   See
     ``imaml_gradient``. In parameter units like MAML's; the inner loop must be SGD."""
@@ -256,7 +263,7 @@ def imaml_delta(model, theta, batches, optimizer, lam, cg_steps, damping=0.0, la
         raise ValueError("iMAML-GD solves its inner problem by gradient descent; use SGD")
     alpha = optimizer.lr
     g, _, loss = imaml_gradient(model, theta, batches[0], batches[-1], alpha,
-                                len(batches) - 1, lam, cg_steps, damping, lam_damping)
+                                len(batches) - 1, lam, cg_steps, damping, lam_damping, pullback)
     return -alpha * g, loss
 
 

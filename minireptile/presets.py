@@ -85,12 +85,14 @@ def imaml_preset(classes=None, shots=None):
         batch's own batch-norm statistics (``track_running_stats=False``): transductive;
       - their CNN flattens 2x2x64 features with a batch-norm scale, as the paper's network.
     Their inner loop takes the 16 steps on the plain loss, then one step on the proximal
-    term; ours takes the 16 steps on the proximal problem (the paper's iMAML-GD).
+    term (``omniglot_implicit_maml.py``: ``learn_task``, then ``regularization_loss(w_0,
+    lam)``): --imaml-inner authors (the paper's iMAML-GD, 16 steps on the proximal problem,
+    is --imaml-inner proximal).
     """
     n, k = classes or 5, shots or 1
     return dict(classes=n, shots=k, train_shots=2 * k, foml_tail=k, inner_batch=n * k,
                 inner_iters=17, learning_rate=0.1 / (n * k), sgd=True, algo="imaml",
-                imaml_lambda=2.0 * n * k, cg_steps=5, cg_damping=1.0,
+                imaml_lambda=2.0 * n * k, imaml_inner="authors", cg_steps=5, cg_damping=1.0,
                 cg_lambda_damping=10.0 * n * k, outer="adam", outer_eps=1e-3 * 0.1,
                 meta_step=1e-3, meta_step_final=1e-3, meta_batch=32, meta_iters=20000,
                 eval_batch=n * k, eval_iters=16, eval_samples=600, transductive=True,

@@ -125,3 +125,32 @@ def test_the_authors_settings_in_our_units_take_their_steps(rng, n, k):
     adam_theirs = optim.Adam(1e-3, beta1=0.9, eps=1e-3).step(theta, g_theirs)
     adam_ours = config.outer_optimizer(cfg).step(theta, -delta)
     np.testing.assert_allclose(adam_ours, adam_theirs, rtol=1e-12, atol=1e-15)
+
+
+def test_the_authors_inner_loop_is_plain_steps_then_one_pull_back(rng):
+    """--imaml-inner authors (their omniglot_implicit_maml.py): k - 1 gradient steps on
+    L_train alone, one step on the proximal term, then the damped system at that phi, solved
+    by CG as numpy.linalg.solve does with the full Hessian (float64, a tanh MLP)."""
+    model = models.mlp([1, 6, 6, 1], activation="tanh")
+    theta = model.init(rng)
+    train = rng.standard_normal((7, 1)), rng.standard_normal((7, 1))
+    test = rng.standard_normal((9, 1)), rng.standard_normal((9, 1))
+    alpha, lam, steps, damping, lam_damping = 0.05, 3.0, 4, 1.0, 10.0
+    phi = theta
+    for _ in range(steps):
+        phi = phi - alpha * model.grad(phi, *train)
+    phi = phi - alpha * lam * (phi - theta)
+    hessian = np.stack([model.hvp(phi, *train, e) for e in np.eye(theta.size)], axis=1)
+    a = (1 + damping) * np.eye(theta.size) + hessian / (lam + lam_damping)
+    expected = np.linalg.solve(a, model.grad(phi, *test))
+    g, residual, _ = imaml_gradient(model, theta, train, test, alpha, steps, lam,
+                                    cg_steps=4 * theta.size, damping=damping,
+                                    lam_damping=lam_damping, pullback=True)
+    np.testing.assert_allclose(g, expected, rtol=1e-9, atol=1e-12)
+    assert residual < 1e-9 * np.linalg.norm(expected)
+    proximal, _, _ = imaml_gradient(model, theta, train, test, alpha, steps, lam,
+                                    cg_steps=4 * theta.size, damping=damping,
+                                    lam_damping=lam_damping)
+    assert np.linalg.norm(proximal - expected) > 1e-3 * np.linalg.norm(expected)
+    cfg = config.TrainConfig(**presets.preset("imaml", 5, 1))
+    assert cfg.imaml()["pullback"] and cfg.validate()

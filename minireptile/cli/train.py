@@ -57,6 +57,11 @@ def register(sub):
                         "(Rajeswaran et al. 2019); both need --sgd)")
     p.add_argument("--imaml-lambda", type=float, default=None, metavar="LAMBDA",
                    help=f"iMAML: the proximal term's strength (default {d.imaml_lambda})")
+    p.add_argument("--imaml-inner", choices=("proximal", "authors"), default=None,
+                   help="iMAML's inner loop: proximal, k - 1 steps of gradient descent on "
+                        "L_train + (lambda/2)||phi - theta||^2 (the paper's iMAML-GD; default), "
+                        "or authors, k - 1 steps on L_train then one on the proximal term "
+                        "alone (their code; --defaults imaml)")
     p.add_argument("--cg-steps", type=int, default=None, metavar="N",
                    help=f"iMAML: conjugate-gradient iterations (default {d.cg_steps})")
     p.add_argument("--cg-damping", type=float, default=None, metavar="D",
