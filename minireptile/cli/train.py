@@ -110,8 +110,8 @@ def register(sub):
                         "commands assume: e.g. --shots 5, --eval-samples 10000) or maml "
                         "(Finn et al.'s MAML for the given --classes 5 or 20 and --shots: "
                         "--algo maml --network maml, 1 or 5 SGD steps, outer Adam 0.001) or "
-                        "imaml (Rajeswaran et al.'s iMAML-GD: 16 steps, lambda 2, 5 CG "
-                        "steps)")
+                        "imaml (Rajeswaran et al.'s iMAML code: 16 steps, then one proximal "
+                        "step of their lambda 2, 5 CG steps)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="checkpoint folder: resumed if it holds one, written every "
                         "--checkpoint-interval iterations and on Ctrl-C")

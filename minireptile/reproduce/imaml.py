@@ -1,12 +1,13 @@
 """iMAML's Omniglot 5-way 1-shot row (Rajeswaran et al. 2019, Table 2: iMAML-GD 99.16 +/-
 0.35%), at the authors' settings (``--defaults imaml``, ``presets.imaml_preset``).
 
-The run trains ``minireptile train omniglot --defaults imaml``: 16 gradient steps on the
-proximal problem per task (lambda 2), the implicit meta-gradient by 5 conjugate-gradient
-steps on the exact Hessian-vector products (with the authors' damping), 32 tasks per outer
-Adam step of 0.001; then evaluates as their measure_accuracy.py does (16 plain SGD steps,
-the query batch's own batch-norm statistics: transductive) and with the paper's
-non-transductive protocol beside it, on the same tasks.
+The run trains ``minireptile train omniglot --defaults imaml``: 16 gradient steps on each
+task's support set, then one step on the proximal term (their lambda 2, 10 on our summed
+loss), the implicit meta-gradient by 5 conjugate-gradient steps on the exact Hessian-vector
+products (with the authors' damping), 32 tasks per outer Adam step of 0.001; then
+evaluates as their measure_accuracy.py does (16 plain SGD steps, the query batch's own
+batch-norm statistics: transductive) and with the paper's non-transductive protocol beside
+it, on the same tasks.
 
 The authors train "at least 20,000" meta-steps. On a CPU the paper budget stops at
 ``stop_cpu`` (the schedule is constant, so stopping cuts nothing else) and reports the row
