@@ -256,8 +256,9 @@ def conjugate_gradient(apply, b, steps):
 
 def imaml_delta(model, theta, batches, optimizer, lam, cg_steps, damping=0.0, lam_damping=0.0,
                 pullback=False):
-    """Delta = -alpha g_iMAML: k - 1 steps of gradient descent on the proximal problem on
-    batches[0] (the support set, full batch), the test batch batches[-1].   See
+    """Delta = -alpha g_iMAML: k - 1 steps of gradient descent on batches[0] (the support set,
+    full batch) -- on the proximal problem, or with pullback on L_train and then one step on
+    the proximal term (the authors' code) -- and the test batch batches[-1].   See
     ``imaml_gradient``. In parameter units like MAML's; the inner loop must be SGD."""
     if not isinstance(optimizer, SGD):
         raise ValueError("iMAML-GD solves its inner problem by gradient descent; use SGD")

@@ -5,7 +5,7 @@
     paper     supervised-reptile's args.py defaults, which the paper's commands assume
     maml      Finn et al.'s MAML settings for Omniglot (cbfinn/maml): Table 2's MAML and
               FOMAML rows
-    imaml     Rajeswaran et al.'s iMAML-GD settings for Omniglot (aravindr93/imaml_dev)
+    imaml     Rajeswaran et al.'s iMAML settings for Omniglot (aravindr93/imaml_dev)
 
 Each setting of the last two is given with the line of their code it comes from, converted
 to our units where theirs differ (our loss sums over a batch where theirs averages).
@@ -68,8 +68,9 @@ def preset(name, classes=None, shots=None):
 
 
 def imaml_preset(classes=None, shots=None):
-    """Rajeswaran et al.'s iMAML-GD settings for N-way K-shot Omniglot (aravindr93/imaml_dev:
-    examples/README.md's command, omniglot_implicit_maml.py, implicit_maml/learner_model.py):
+    """Rajeswaran et al.'s iMAML settings for N-way K-shot Omniglot, as their code runs them
+    (aravindr93/imaml_dev: examples/README.md's command, omniglot_implicit_maml.py,
+    implicit_maml/learner_model.py):
       - --inner_lr 1e-1 on the mean cross-entropy of the N K support images
         (``torch.nn.CrossEntropyLoss()``): our summed loss with --learning-rate 0.1 / (N K);
       - --n_steps 16 gradient steps, --lam 2.0, --cg_steps 5, --cg_damping 1.0: their system
