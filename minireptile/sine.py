@@ -84,7 +84,10 @@ class SineConfig:
     meta_batch: int = 10
     shared_tail: bool = False     # FOMAML/MAML's last step on the p points, not the grid
     imaml_lambda: float = 1.0     # iMAML: the proximal term's strength
+    imaml_inner: str = "proximal"  # iMAML: proximal (iMAML-GD) | authors (their code)
     cg_steps: int = 5             # iMAML: conjugate-gradient iterations
+    cg_damping: float = 0.0       # iMAML: the authors' ((1 + d) I + H / (lambda + d')) ...
+    cg_lambda_damping: float = 0.0  # ... and its d'
     activation: str = "tanh"
     eval_tasks: int = 100
     eval_iters: int = 32
@@ -109,8 +112,12 @@ class SineConfig:
                 kind = "positive" if name == "inner_lr" else "non-negative"
                 raise UserError(f"--{name.replace('_', '-')} must be a {kind} number, "
                                 f"got {value}")
-        if cfg.imaml_lambda <= 0 or cfg.cg_steps < 1:
+        if not cfg.imaml_lambda > 0 or cfg.cg_steps < 1:
             raise UserError("--imaml-lambda must be positive and --cg-steps at least 1")
+        if not (cfg.cg_damping >= 0 and cfg.cg_lambda_damping >= 0):
+            raise UserError("--cg-damping and --cg-lambda-damping must be non-negative")
+        if cfg.imaml_inner not in ("proximal", "authors"):
+            raise UserError(f"--imaml-inner {cfg.imaml_inner}: expected proximal or authors")
         if cfg.shared_tail and cfg.algo == "reptile":
             raise UserError("--shared-tail applies to --algo fomaml or maml (Reptile has no "
                             "tail)")
@@ -139,7 +146,9 @@ def meta_train(model, theta, cfg, callback=None, comm=LOCAL):
     if comm.size > cfg.meta_batch:
         raise UserError(f"--meta-batch {cfg.meta_batch} over {comm.size} processes: every "
                         f"process needs a task")
-    imaml = {"lam": cfg.imaml_lambda, "cg_steps": cfg.cg_steps}
+    imaml = {"lam": cfg.imaml_lambda, "cg_steps": cfg.cg_steps,
+             "pullback": cfg.imaml_inner == "authors", "damping": cfg.cg_damping,
+             "lam_damping": cfg.cg_lambda_damping}
     rule = delta_rule(cfg.algo, imaml=imaml if cfg.algo == "imaml" else None)
     optimizer = SGD(cfg.inner_lr)
     outer = Adam(cfg.meta_step, beta1=0.9) if cfg.outer == "adam" else None
@@ -171,6 +180,25 @@ def adaptation_losses(model, theta, tasks, alpha, steps=(0, 1, 2, 4, 8, 16, 32))
         if s in steps:
             losses[s] = float(model.loss(phi, *tasks.test).mean())
     return losses, phi
+
+
+def sharpness(model, theta, tasks, iters=50, seed=0):
+    """Each task's largest-magnitude eigenvalue h of H = L_train''(theta) on its p points, by
+    `iters` steps of power iteration on the exact H v (``Sequential.linearize``).
+
+    Why it matters for Figure 1: gradient descent with step alpha multiplies the error along
+    an eigenvector of H by (1 - alpha h) per step, so the test-time steps are stable only
+    while |h| < 2 / alpha (100 for alpha = 0.02). theta: (P,). Returns (n,) on the host.
+    """
+    n = len(tasks.amplitude)
+    _, _, hvp = model.linearize(tile(theta, n), *tasks.train)
+    rng = backend.make_rng(seed)
+    v = backend.to_device(rng.standard_normal((n, theta.shape[-1])), backend.dtype())
+    for _ in range(iters):
+        v = v / ((v * v).sum(axis=-1, keepdims=True)) ** 0.5
+        hv = hvp(v)
+        h, v = (v * hv).sum(axis=-1), hv                      # Rayleigh quotient, |v| = 1
+    return backend.to_host(h)
 
 
 def eval_steps(n):
@@ -210,9 +238,15 @@ def run(cfg, out, stream=None, comm=LOCAL):
     results = {name: adaptation_losses(model, th, held_out, cfg.inner_lr, steps)
                for name, th in ((cfg.algo, theta), ("random", theta0))}
     print(table(results, steps, cfg.eval_tasks), file=stream)
+    sharp = {name: float(np.median(sharpness(model, th, held_out)))
+             for name, th in ((cfg.algo, theta), ("random", theta0))}
+    print(f"sharpness, the median largest |eigenvalue| of H on the p points: "
+          + ", ".join(f"{name} {h:.1f}" for name, h in sharp.items())
+          + f"; the test-time steps are stable below 2 / alpha = {2 / cfg.inner_lr:g}",
+          file=stream)
     print(f"meta-training: {cfg.meta_iters} iterations in {seconds:.1f} s", file=stream)
     document = {"command": cfg.command_line(out), "config": dataclasses.asdict(cfg),
-                "train_seconds": round(seconds, 2),
+                "train_seconds": round(seconds, 2), "sharpness": sharp,
                 "losses": {name: {str(s): v for s, v in losses.items()}
                            for name, (losses, _) in results.items()}}
     files.write_json(os.path.join(out, f"sine-{cfg.algo}.json"), document)

@@ -82,8 +82,47 @@ def test_command_writes_under_runs_sine_by_default(tmp_path, monkeypatch, capsys
     (["--meta-step", "nan"], "--meta-step must be a non-negative number"),
     (["--meta-step", "-0.5"], "--meta-step must be a non-negative number"),
     (["--algo", "reptile", "--shared-tail"], "--shared-tail applies to --algo fomaml or maml"),
+    (["--algo", "imaml", "--cg-damping", "-1"], "--cg-damping and --cg-lambda-damping must be"),
+    (["--algo", "imaml", "--imaml-lambda", "nan"], "--imaml-lambda must be positive"),
 ])
 def test_bad_input_is_one_line_error(flags, message, tmp_path, capsys):
     assert main(["sine", "--out", str(tmp_path)] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_sharpness_is_the_largest_eigenvalue_of_the_full_hessian():
+    """Power iteration on the exact H v against numpy.linalg.eigvalsh of the Hessian built
+    by central differences of the gradient, in float64, per task."""
+    model = mlp((1, 6, 6, 1), "tanh")
+    theta = model.init(np.random.default_rng(0))
+    tasks = sine.sample(np.random.default_rng(1), 3)
+    h = sine.sharpness(model, theta, tasks, iters=500)
+    eps = 1e-5
+    for j in range(3):
+        x, y = (a[j:j + 1] for a in tasks.train)
+
+        def grad(t):
+            return model.loss_and_grad(t[None], x, y)[1][0]
+        full = np.stack([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps)
+                         for e in np.eye(theta.size)])
+        eig = np.linalg.eigvalsh((full + full.T) / 2)
+        top = eig[np.argmax(np.abs(eig))]
+        assert h[j] == pytest.approx(top, rel=1e-6)
+
+
+def test_imaml_options_reach_the_inner_loop(monkeypatch):
+    """--imaml-inner, --cg-damping and --cg-lambda-damping arrive in meta.imaml_delta."""
+    seen = {}
+
+    def spy(algo, **kw):
+        seen.update(kw["imaml"])
+        return meta_delta_rule(algo, **kw)
+    meta_delta_rule = sine.delta_rule
+    monkeypatch.setattr(sine, "delta_rule", spy)
+    cfg = SineConfig(algo="imaml", meta_iters=1, meta_batch=2, imaml_inner="authors",
+                     cg_damping=1.0, cg_lambda_damping=10.0, imaml_lambda=2.0).resolved()
+    model, theta0, _ = sine.initial(cfg)
+    meta_train(model, theta0, cfg)
+    assert seen == {"lam": 2.0, "cg_steps": 5, "pullback": True, "damping": 1.0,
+                    "lam_damping": 10.0}

@@ -38,8 +38,17 @@ def register(sub):
                    help="fomaml: last gradient on the 10 points, not on the loss's grid")
     p.add_argument("--imaml-lambda", type=float, default=d.imaml_lambda, metavar="LAMBDA",
                    help=f"imaml: the proximal term's strength (default {d.imaml_lambda})")
+    p.add_argument("--imaml-inner", choices=("proximal", "authors"), default=d.imaml_inner,
+                   help="imaml's inner loop: proximal (k steps on L_train + (lambda/2)"
+                        "||phi - theta||^2, the paper's iMAML-GD; default) or authors (k steps "
+                        "on L_train, then one on the proximal term alone, as their code)")
     p.add_argument("--cg-steps", type=int, default=d.cg_steps, metavar="N",
                    help=f"imaml: conjugate-gradient iterations (default {d.cg_steps})")
+    p.add_argument("--cg-damping", type=float, default=d.cg_damping, metavar="D",
+                   help="imaml: solve ((1 + D) I + H / (LAMBDA + D')) g = L_test' as the "
+                        "authors' code does (default 0)")
+    p.add_argument("--cg-lambda-damping", type=float, default=d.cg_lambda_damping,
+                   metavar="D'", help="imaml: the D' above (default 0)")
     p.add_argument("--activation", choices=("tanh", "relu"), default=d.activation,
                    help=f"hidden activation of the MLP (default {d.activation})")
     p.add_argument("--eval-tasks", type=int, default=d.eval_tasks,
