@@ -240,7 +240,7 @@ def run(cfg, out, stream=None, comm=LOCAL):
     print(table(results, steps, cfg.eval_tasks), file=stream)
     sharp = {name: float(np.median(sharpness(model, th, held_out)))
              for name, th in ((cfg.algo, theta), ("random", theta0))}
-    print(f"sharpness, the median largest |eigenvalue| of H on the p points: "
+    print("sharpness, the median largest |eigenvalue| of H on the p points: "
           + ", ".join(f"{name} {h:.1f}" for name, h in sharp.items())
           + f"; the test-time steps are stable below 2 / alpha = {2 / cfg.inner_lr:g}",
           file=stream)
