@@ -15,6 +15,7 @@ import math
 from .backend import dtype, to_device
 from .data import embedded_omniglot, load_dataset
 from .errors import UserError
+from .meta import imaml_options
 from .models import miniimagenet_cnn, omniglot_cnn
 from .optim import SGD, Adam
 
@@ -139,9 +140,8 @@ class TrainConfig:
 
     def imaml(self):
         """iMAML's options for ``meta.delta_rule``."""
-        return {"lam": self.imaml_lambda, "cg_steps": self.cg_steps,
-                "pullback": self.imaml_inner == "authors",
-                "damping": self.cg_damping, "lam_damping": self.cg_lambda_damping}
+        return imaml_options(self.imaml_lambda, self.cg_steps, self.imaml_inner,
+                             self.cg_damping, self.cg_lambda_damping)
 
 
 def flag(name):

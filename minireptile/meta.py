@@ -283,6 +283,14 @@ DELTAS = {"reptile": reptile_delta, "fomaml": fomaml_delta, "combination": combi
           "maml": maml_delta, "imaml": imaml_delta}
 
 
+def imaml_options(lam, cg_steps, inner="proximal", damping=0.0, lam_damping=0.0):
+    """iMAML's options for ``delta_rule`` from the commands' flags: --imaml-lambda,
+    --cg-steps, --imaml-inner (proximal: the paper's iMAML-GD; authors: their code's free
+    steps and one pull-back), --cg-damping and --cg-lambda-damping (``imaml_gradient``)."""
+    return {"lam": lam, "cg_steps": cg_steps, "pullback": inner == "authors",
+            "damping": damping, "lam_damping": lam_damping}
+
+
 def delta_rule(algo, weight_decay=1.0, weights=None, reuse=True, imaml=None):
     """The algorithm's Delta as one function (model, theta, batches, optimizer) ->
     (Delta, loss of the first mini-batch), its options bound: weight decay (all but iMAML),

@@ -23,7 +23,7 @@ from . import backend, files
 from .data.batches import task_rng
 from .distributed import LOCAL
 from .errors import UserError
-from .meta import delta_rule, inner_steps, linear_schedule, tile
+from .meta import delta_rule, imaml_options, inner_steps, linear_schedule, tile
 from .metabatch import meta_update
 from .models import mlp
 from .optim import SGD, Adam
@@ -146,9 +146,8 @@ def meta_train(model, theta, cfg, callback=None, comm=LOCAL):
     if comm.size > cfg.meta_batch:
         raise UserError(f"--meta-batch {cfg.meta_batch} over {comm.size} processes: every "
                         f"process needs a task")
-    imaml = {"lam": cfg.imaml_lambda, "cg_steps": cfg.cg_steps,
-             "pullback": cfg.imaml_inner == "authors", "damping": cfg.cg_damping,
-             "lam_damping": cfg.cg_lambda_damping}
+    imaml = imaml_options(cfg.imaml_lambda, cfg.cg_steps, cfg.imaml_inner, cfg.cg_damping,
+                          cfg.cg_lambda_damping)
     rule = delta_rule(cfg.algo, imaml=imaml if cfg.algo == "imaml" else None)
     optimizer = SGD(cfg.inner_lr)
     outer = Adam(cfg.meta_step, beta1=0.9) if cfg.outer == "adam" else None

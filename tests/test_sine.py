@@ -113,12 +113,11 @@ def test_sharpness_is_the_largest_eigenvalue_of_the_full_hessian():
 
 def test_imaml_options_reach_the_inner_loop(monkeypatch):
     """--imaml-inner, --cg-damping and --cg-lambda-damping arrive in meta.imaml_delta."""
-    seen = {}
+    seen, delta_rule = {}, sine.delta_rule
 
     def spy(algo, **kw):
         seen.update(kw["imaml"])
-        return meta_delta_rule(algo, **kw)
-    meta_delta_rule = sine.delta_rule
+        return delta_rule(algo, **kw)
     monkeypatch.setattr(sine, "delta_rule", spy)
     cfg = SineConfig(algo="imaml", meta_iters=1, meta_batch=2, imaml_inner="authors",
                      cg_damping=1.0, cg_lambda_damping=10.0, imaml_lambda=2.0).resolved()
