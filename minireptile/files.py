@@ -224,16 +224,12 @@ def alive(pid):
 
 def make_folder(folder, what="folder"):
     """Make folder (and its parents) unless it exists; one-line UserError naming `what` when
-    it cannot be made: a file in the way, no permission."""
-    if os.path.isdir(folder):
-        return
-    if os.path.exists(folder):
-        raise UserError(f"{what} {folder}: exists and is not a folder")
+    it cannot be made: a file in the way, no permission. One call to os.makedirs decides, so
+    MPI ranks making the same folder at once all succeed (a check before it would race)."""
     try:
-        os.makedirs(folder)
-    except FileExistsError:                          # made meanwhile by another process
-        if not os.path.isdir(folder):
-            raise UserError(f"{what} {folder}: exists and is not a folder") from None
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:                          # exists, but is not a folder
+        raise UserError(f"{what} {folder}: exists and is not a folder") from None
     except OSError as exc:
         raise UserError(f"{what} {folder}: cannot be made ({exc.strerror})") from None
 

@@ -106,3 +106,32 @@ def test_starting_a_finished_run_again_says_so(tmp_path, capsys):
     out = capsys.readouterr()
     assert "already trained to iteration 2" in out.out + out.err
     assert "nan" not in (out.out + out.err).lower()
+
+
+def test_a_folder_made_by_another_rank_meanwhile_is_not_a_file_in_the_way(tmp_path,
+                                                                          monkeypatch):
+    """Two MPI ranks make the same --out folder: the other rank's mkdir lands between any
+    look at the path and this rank's own mkdir. Emulated by making the folder at this
+    process's first look at the path. make_folder succeeds; a file in the way still gets
+    its one line, and a folder under a file cannot be made."""
+    folder = tmp_path / "2"
+    looks = {"isdir": os.path.isdir, "exists": os.path.exists}
+
+    def late(name):
+        def look(path):
+            seen = looks[name](path)
+            if os.fspath(path) == os.fspath(folder) and not folder.exists():
+                os.mkdir(folder)                     # the other rank, just now
+            return seen
+        return look
+    for name in looks:
+        monkeypatch.setattr(os.path, name, late(name))
+    files.make_folder(folder, "--out")
+    monkeypatch.undo()
+    assert folder.is_dir()
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(UserError, match=r"--out .*file: exists and is not a folder"):
+        files.make_folder(tmp_path / "file", "--out")
+    with pytest.raises(UserError, match=r"cannot be made"):
+        files.make_folder(tmp_path / "file" / "sub", "--out")
+    assert (tmp_path / "file").read_text() == "kept"
