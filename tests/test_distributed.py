@@ -332,6 +332,51 @@ def test_sine_under_mpi_matches_one_process(tmp_path):
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow
+def test_reproduce_under_mpi_shares_each_run_and_matches_one_process(tmp_path):
+    """reproduce --distributed mpi --deterministic: rank 0 runs the experiment, each
+    train/eval (imaml) and sine (fig1) call runs on both ranks. The trained parameters are
+    bitwise those of one process, the report's numbers equal, and each record is the mpiexec
+    command that makes its file by hand."""
+    mpi = ["--distributed", "mpi", "--deterministic"]
+    for ranks in (0, 2):
+        for experiment in ("imaml", "fig1"):
+            code, out = _run(ranks, ["reproduce", experiment, "--budget", "tiny", "--threads",
+                                     "1", "--out", str(tmp_path / str(ranks)),
+                                     *(mpi if ranks else [])])
+            assert code == 0, out
+    one, two = tmp_path / "0" / "tiny", tmp_path / "2" / "tiny"
+    run = Path("imaml", "o5-1shot-imaml")
+    np.testing.assert_array_equal(checkpoint.load(one / run)[0], checkpoint.load(two / run)[0])
+    for name in ("theta-reptile.npy", "theta-maml.npy"):
+        np.testing.assert_array_equal(np.load(one / "fig1" / name), np.load(two / "fig1" / name))
+    reports = [json.loads((where / "imaml" / "imaml.json").read_text()) for where in (one, two)]
+    for mode in ("transductive", "non-transductive"):
+        assert reports[0]["row"][mode] == reports[1]["row"][mode]
+    assert reports[1]["command"].startswith("mpiexec -n 2 minireptile reproduce imaml")
+    commands = [r["command"] for r in reports[1]["commands"]] + [
+        r["command"] for r in json.loads((two / "fig1" / "fig1.json").read_text())["commands"]]
+    assert {c.split()[4] for c in commands} == {"train", "eval", "sine"}
+    for command in commands:
+        assert command.startswith("mpiexec -n 2 minireptile ") and command.endswith(
+            " --distributed mpi --deterministic"), command
+
+
+@pytest.mark.slow
+def test_reproduce_under_mpi_stops_every_rank_on_rank_0s_error(tmp_path):
+    """An error only rank 0 meets (its --out is under a file) while the other rank waits for a
+    call: one line, a non-zero exit, no hang; --jobs with MPI ranks is refused."""
+    (tmp_path / "file").write_text("kept")
+    code, out = _run(2, ["reproduce", "fig1", "--budget", "tiny", "--out",
+                         str(tmp_path / "file"), "--distributed", "mpi"])
+    assert code != 0 and out.count("minireptile: error:") == 1, out
+    assert "tiny/fig1: cannot be made" in out
+    assert (tmp_path / "file").read_text() == "kept"
+    code, out = _run(2, ["reproduce", "fig1", "--budget", "tiny", "--jobs", "2", "--out",
+                         str(tmp_path / "jobs"), "--distributed", "mpi"])
+    assert code != 0 and "--jobs 2 with 2 MPI ranks" in out, out
+
+
 def _gpus():
     try:
         import cupy

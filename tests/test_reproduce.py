@@ -220,6 +220,36 @@ def test_session_train_stops_at_and_resumes(tmp_path):
     assert record["invocations"] == 2
 
 
+def test_a_shared_run_records_the_cpu_seconds_of_every_rank(tmp_path):
+    """Session.call under MPI (here rank 0 of a stand-in pair whose other rank reports 7 CPU
+    seconds per call): the call is sent to the other rank first, then run here with the
+    communicator; its record counts both ranks' CPU seconds and names the mpiexec command."""
+    sent = []
+
+    class Pair:                                        # rank 0 of two, without mpiexec
+        rank, size, deterministic = 0, 2, True
+
+        def from_root(self, fn):
+            sent.append(fn())
+            return sent[-1]
+
+        def gather(self, arrays, n):                   # this rank's row, the other's 7 s
+            assert n == 2 and arrays[0].shape == (1,)
+            return [np.concatenate([arrays[0], [7.0]])]
+
+    pair, seen = Pair(), []
+
+    def work(folder, stream, comm):
+        seen.append((folder, comm))
+    s = common.Session("fig4", "tiny", str(tmp_path), threads=1, stream=open(os.devnull, "w"),
+                       comm=pair)
+    command = s.launch("minireptile sine --out x")
+    assert command == "mpiexec -n 2 minireptile sine --out x --distributed mpi --deterministic"
+    record = s.step(str(tmp_path / "out"), command, lambda: s.call(work, "F"), lambda: False)
+    assert sent == [(work, ("F",), {})] and seen == [("F", pair)]
+    assert 7.0 <= record["cpu_seconds"] < 8.0 and record["command"] == command
+
+
 def test_a_run_of_another_budget_is_refused_not_reused(tmp_path):
     """A folder trained with other settings (here meta_iters) is neither taken as done
     (results.json) nor extended (its checkpoint): one line names the difference."""

@@ -57,7 +57,7 @@ def add_device_flags(parser, dtype=True):
 
 
 def add_distributed_flags(parser):
-    """--distributed none|mpi and --deterministic (train, eval, sine)."""
+    """--distributed none|mpi and --deterministic (train, eval, sine, reproduce)."""
     parser.add_argument("--distributed", choices=("none", "mpi"), default="none",
                         help="mpi: split the tasks of every meta-batch and evaluation over "
                              "the processes of `mpiexec -n R` (needs pip install "

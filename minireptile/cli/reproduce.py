@@ -9,6 +9,7 @@ EXPERIMENT.png. Running it again skips finished runs and resumes unfinished ones
 import argparse
 
 from .. import backend
+from . import add_distributed_flags, start_distributed
 
 EXPERIMENTS_HELP = """experiments:
   table2   Table 2, Omniglot, Reptile: 5-way and 20-way rows, transductive and not
@@ -53,6 +54,7 @@ def register(sub):
                         f"budget, DIR/BUDGET/EXPERIMENT for the others; finished runs found "
                         f"there are reused (the committed reports are in "
                         f"docs/results/reproduce)")
+    add_distributed_flags(p)
     p.set_defaults(func=run)
 
 
@@ -60,6 +62,7 @@ def run(args):
     from ..reproduce import run as reproduce
     backend.set_backend(args.device)
     path = reproduce(args.experiment, args.budget, args.out, args.threads, ways=args.ways,
-                     jobs=args.jobs, partial=args.partial, full=args.full)
+                     jobs=args.jobs, partial=args.partial, full=args.full,
+                     comm=start_distributed(args))
     if path is not None:
         print(f"results: {path}")

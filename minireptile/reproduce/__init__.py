@@ -13,13 +13,15 @@ Each builds the configurations of its runs and runs them with the library (``tra
 ``evaluate.run``, ``sine.run``: ``common.Session``) at a budget:
 ``paper`` (the paper's settings and length), ``quick`` (minutes on 2 CPU cores; fewer
 iterations, points and evaluation tasks) or ``tiny`` (seconds: the tests' smoke run, no
-meaningful numbers). Several processes share its runs (``jobs``, ``files.locked``). It
+meaningful numbers). Several processes share its runs (``jobs``, ``files.locked``), or, under
+MPI, each run (``comm``: rank 0 runs the experiment, ``common.serve`` the other ranks). It
 writes EXPERIMENT.json (every number with its 95% interval, every
 command with its wall-clock and CPU seconds), EXPERIMENT.md (the paper beside us) and, with
 matplotlib, EXPERIMENT.png, under OUT/EXPERIMENT (paper) or OUT/BUDGET/EXPERIMENT. Running it
 again skips what is done and resumes what is not.
 """
 from .. import files
+from ..distributed import LOCAL
 from ..errors import UserError
 from . import common, fig1, fig3, fig4, imaml, maml, table2
 from .common import Session
@@ -31,7 +33,7 @@ OUT = "runs/reproduce"   # the default folder; the committed reports are docs/re
 
 
 def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=None, jobs=1,
-        partial=False, full=False):
+        partial=False, full=False, comm=LOCAL):
     """Run (or resume) one experiment; returns the path of its JSON, or None while other
     processes still run some of its commands (the last of them writes it).
 
@@ -41,8 +43,10 @@ def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=Non
     report the runs that have finished (experiments with ``PARTIAL``: fig4, whose points
     take a CPU several sessions) as EXPERIMENT-partial.*. full: on a CPU too, train the runs
     a CPU paper budget stops early (table2's 20-way, maml's 5-shot and 20-way) to the end.
-    The device and CPU threads are the process's (``backend.set_backend``,
-    ``parallel.set_threads``); threads is recorded in the commands."""
+    comm (``distributed.py``): the processes sharing each run; rank 0 runs the experiment
+    and returns its path, the others serve its calls and return None. The device and CPU
+    threads are the process's (``backend.set_backend``, ``parallel.set_threads``); threads
+    is recorded in the commands."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if budget not in BUDGETS:
@@ -59,8 +63,14 @@ def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=Non
         raise UserError(f"--partial: {experiment} has no partial report (fig4 has)")
     if partial and jobs > 1:
         raise UserError("--partial runs nothing; --jobs does not go with it")
+    if comm.size > 1 and jobs > 1:
+        raise UserError(f"--jobs {jobs} with {comm.size} MPI ranks: the ranks share each run; "
+                        f"give one or the other")
+    if comm.rank != 0:
+        return common.serve(comm)
+
     def new_session():                                   # a pass's records start afresh
-        return Session(experiment, budget, out, threads, stream, ways, partial, full)
+        return Session(experiment, budget, out, threads, stream, ways, partial, full, comm)
 
     session = new_session()
     helpers = [common.start_copy(session, i) for i in range(1, jobs)]
@@ -68,12 +78,15 @@ def run(experiment, budget="quick", out=OUT, threads=None, stream=None, ways=Non
         while True:
             path = module.run(session, settings)
             if not session.pending:
-                return path
+                break
             if helpers:                                  # ours: wait, then look again
                 common.wait_for(session, helpers)
                 helpers = []
             elif any(files.holder(path) for path in session.pending):
-                return None                              # another process's: it finishes
+                path = None                              # another process's: it finishes
+                break
             session = new_session()
     finally:
         common.stop(helpers)
+    common.dismiss(comm)       # after an error, mpiexec stops the ranks (distributed.leave)
+    return path

@@ -14,6 +14,12 @@ once per core (``--threads 1``; ``--jobs N`` starts them). Each run is claimed w
 of its output (``files.locked``: the one lock every writer of a run folder takes), a
 process skips the runs others hold, and the last to finish writes the report
 (``Session.pending``).
+
+Or several processes share each run: under ``mpiexec -n R minireptile reproduce ...
+--distributed mpi``, rank 0 runs the experiment alone (its decisions, locks, records and
+reports) and sends each library call to the other ranks, which wait for them in ``serve``;
+every rank then runs the call with the communicator, which splits each meta-batch and
+evaluation over them (``distributed.py``).
 """
 import dataclasses
 import json
@@ -26,6 +32,7 @@ import time
 import numpy as np
 
 from .. import __version__, backend, checkpoint, config, evaluate, files, presets, sine, train
+from ..distributed import LOCAL
 from ..errors import UserError
 from .report import figure
 
@@ -37,10 +44,11 @@ class Session:
     threads: recorded in each command (the CLI has set them for this process).
     partial: run nothing; the report covers the runs that have finished, and names the
     others (``missing``) in EXPERIMENT-partial.json/.md/.png.
+    comm: the processes sharing each run (``call``); the session itself lives on rank 0.
     """
 
     def __init__(self, experiment, budget, out, threads=None, stream=None, ways=None,
-                 partial=False, full=False):
+                 partial=False, full=False, comm=LOCAL):
         self.experiment, self.budget, self.threads, self.ways = experiment, budget, threads, ways
         self.full = full                  # table2: the 20-way run to its end on the CPU too
         self.folder = os.path.join(out, *(() if budget == "paper" else (budget,)), experiment)
@@ -48,6 +56,7 @@ class Session:
         self.records, self.reused = [], []
         self.pending = {}                 # output path -> the process holding its run
         self.partial, self.missing = partial, []
+        self.comm, self.ranks_cpu = comm, 0.0   # the CPU seconds of ranks other than 0
         files.make_folder(self.folder, "--out")
 
     def path(self, *parts):
@@ -70,6 +79,29 @@ class Session:
         """``flags`` as words of a command line."""
         return [w for k, v in self.flags().items() if v is not None for w in (f"--{k}", str(v))]
 
+    def launch(self, command):
+        """command as typed: with R processes sharing the runs, under ``mpiexec -n R`` with
+        ``--distributed mpi`` (and ``--deterministic``)."""
+        if self.comm.size == 1:
+            return command
+        return (f"mpiexec -n {self.comm.size} {command} --distributed mpi"
+                + (" --deterministic" if self.comm.deterministic else ""))
+
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, stream, comm, **kwargs) -- train.run, evaluate.run or sine.run -- on
+        every rank: rank 0 sends the call to the ranks waiting in ``serve``, and adds the
+        CPU seconds they spend in it to ``ranks_cpu``."""
+        if self.comm.size == 1:
+            return fn(*args, stream=self.stream, comm=self.comm, **kwargs)
+        self.comm.from_root(lambda: (fn, args, kwargs))
+        result, others = _run_call(self.comm, fn, args, kwargs, self.stream)
+        self.ranks_cpu += others
+        return result
+
+    def cpu_clock(self):
+        """CPU seconds of every rank so far (of this process alone without MPI)."""
+        return time.process_time() + self.ranks_cpu
+
     def step(self, output, command, run, done):
         """Run run() (which writes output) unless done(); record it either way.
 
@@ -87,7 +119,7 @@ class Session:
                 with files.locked(output):
                     if not done():                             # it may have finished since
                         self.say("running: " + command)
-                        timed(run, output + ".log.runs.jsonl", command)
+                        timed(run, output + ".log.runs.jsonl", command, self.cpu_clock)
             except files.Busy as busy:
                 self.pending[output] = busy.holder
                 self.say(f"skipped, {busy.holder} runs it: {command}")
@@ -110,13 +142,13 @@ class Session:
         """
         results = os.path.join(folder, "results.json")
         refuse_other_run(folder, cfg)
-        command = config.command_line(cfg, [*self.extra(), "--checkpoint", folder])
+        command = self.launch(config.command_line(cfg, [*self.extra(), "--checkpoint", folder]))
 
         def done():
             return os.path.exists(results) or (stop_at is not None and
                                                iteration(folder) >= stop_at)
-        record = self.step(folder, command, lambda: train.run(
-            cfg, folder, stream=self.stream, stop_at=stop_at), done)
+        record = self.step(folder, command, lambda: self.call(
+            train.run, cfg, folder, stop_at=stop_at), done)
         if record is None:
             return None, None
         if not record["invocations"] and os.path.exists(results):   # trained by hand
@@ -135,9 +167,9 @@ class Session:
             for stale in (out, out + ".log.runs.jsonl"):  # its time is the new evaluation's
                 if os.path.exists(stale):
                     os.remove(stale)
-        command = evaluate.eval_command(folder, **options, **self.flags(), out=out)
-        record = self.step(out, command, lambda: evaluate.run(
-            folder, stream=self.stream, out=out, **options), done)
+        command = self.launch(evaluate.eval_command(folder, **options, **self.flags(), out=out))
+        record = self.step(out, command, lambda: self.call(
+            evaluate.run, folder, out=out, **options), done)
         if record is None:
             return None, None
         if not record["invocations"]:                    # evaluated by hand
@@ -147,9 +179,8 @@ class Session:
     def sine(self, cfg, theta_path):
         """sine.run(cfg, the session's folder): skipped once theta_path (its trained
         initialisation) exists. Returns the record, or None while another holds it."""
-        command = cfg.resolved().command_line(self.folder)
-        return self.step(theta_path, command,
-                         lambda: sine.run(cfg, self.folder, self.stream),
+        command = self.launch(cfg.resolved().command_line(self.folder))
+        return self.step(theta_path, command, lambda: self.call(sine.run, cfg, self.folder),
                          lambda: os.path.exists(theta_path))
 
     def after(self, output, again, poll=2.0):
@@ -206,10 +237,34 @@ def ran_outside(record, results):
         record["command"], record["run_outside_reproduce"] = ran, True
 
 
-def timed(run, runs_file, command):
-    """run(), its wall-clock and CPU seconds appended to runs_file as one JSON line (also
-    when it is interrupted: a resumed run's seconds add up)."""
-    wall, cpu, status = time.time(), time.process_time(), "interrupted"
+def serve(comm):
+    """The ranks other than 0 of ``reproduce --distributed mpi``: run each call rank 0
+    sends (``Session.call``), sharing it, until rank 0 sends None (``dismiss``)."""
+    quiet = open(os.devnull, "w")
+    while (call := comm.from_root(lambda: None)) is not None:
+        _run_call(comm, *call, quiet)
+
+
+def dismiss(comm):
+    """Rank 0: let the ranks waiting in ``serve`` leave."""
+    if comm.size > 1:
+        comm.from_root(lambda: None)
+
+
+def _run_call(comm, fn, args, kwargs, stream):
+    """fn(*args, stream, comm, **kwargs) on this rank, then one collective: (its result,
+    the CPU seconds the other ranks spent in it)."""
+    cpu = time.process_time()
+    result = fn(*args, stream=stream, comm=comm, **kwargs)
+    spent = comm.gather([np.array([time.process_time() - cpu])], comm.size)[0]
+    return result, float(spent.sum() - spent[comm.rank])
+
+
+def timed(run, runs_file, command, cpu_clock=time.process_time):
+    """run(), its wall-clock and CPU seconds (cpu_clock: every rank's under MPI) appended to
+    runs_file as one JSON line (also when it is interrupted: a resumed run's seconds add
+    up)."""
+    wall, cpu, status = time.time(), cpu_clock(), "interrupted"
     try:
         run()
         status = "finished"
@@ -218,7 +273,7 @@ def timed(run, runs_file, command):
         with open(runs_file, "a") as f:
             f.write(json.dumps({"command": command, "started": round(wall, 1),
                                 "wall_seconds": round(time.time() - wall, 2),
-                                "cpu_seconds": round(time.process_time() - cpu, 2),
+                                "cpu_seconds": round(cpu_clock() - cpu, 2),
                                 "status": status}) + "\n")
 
 
@@ -282,7 +337,7 @@ def reproduce_command(session):
     ways = [] if session.ways is None else ["--ways", str(session.ways)]
     words = ["minireptile", "reproduce", session.experiment, "--budget", session.budget,
              *ways, *(["--full"] if session.full else []), *session.extra(), "--out", out]
-    return shlex.join(words)
+    return session.launch(shlex.join(words))
 
 
 def iteration(folder):
