@@ -3,10 +3,16 @@
     iter   1200/3000   20.1 it/s  left     90s  loss 1.6699  test acc  85.0%
     eval test    600/2000 tasks   55.3 tasks/s  left     25s
 
-Log files (stdout not a terminal) get whole lines, never carriage returns.
+Log files (stdout not a terminal) get whole lines, never carriage returns; so do the ranks
+of an ``mpiexec`` run, whose pseudo-terminal passes on whole lines only.
 """
+import os
 import sys
 import time
+
+MPIEXEC = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK")   # Open MPI, PMIx, MPICH: set
+# for each rank. mpiexec gives a rank a pseudo-terminal (isatty() is True) but forwards a
+# line only at its newline, so an updated line would show nothing until the work ends.
 
 
 class Progress:
@@ -19,7 +25,8 @@ class Progress:
     def __init__(self, total, start=0, stream=None, label="iter", unit="it", every=10.0):
         self.total, self.start, self.label, self.unit = total, start, label, unit
         self.stream, self.every = stream or sys.stderr, every
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()
+                    and not any(name in os.environ for name in MPIEXEC))
         self.t0 = self.last = time.time()
         self.shown = None
 

@@ -8,6 +8,7 @@ installed with the test extra) and skip with a reason where mpi4py or mpiexec is
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -233,6 +234,9 @@ def test_deterministic_runs_are_bitwise_equal_for_any_number_of_ranks(tmp_path):
         assert code == 0, (name, out)
     assert "2 MPI ranks (deterministic all-gather)" in runs["n2"][1]
     assert runs["n2"][1].count("| test |") == 1                     # rank 0 reports alone
+    for name in ("n1", "n2"):         # mpiexec's pseudo-terminal forwards whole lines only:
+        assert "\033[K" not in runs[name][1]          # progress in plain lines, not redrawn
+        assert not re.search(r"\r(?!\n)", runs[name][1]) and "iter 6/6 " in runs[name][1]
     theta = {name: checkpoint.load(tmp_path / name)[0] for name in runs}
     np.testing.assert_array_equal(theta["n2"], theta["n1"])
     np.testing.assert_array_equal(theta["n2"], theta["none"])
