@@ -90,9 +90,7 @@ class Session:
     def call(self, fn, *args, **kwargs):
         """fn(*args, stream, comm, **kwargs) -- train.run, evaluate.run or sine.run -- on
         every rank: rank 0 sends the call to the ranks waiting in ``serve``, and adds the
-        CPU seconds they spend in it to ``ranks_cpu``."""
-        if self.comm.size == 1:
-            return fn(*args, stream=self.stream, comm=self.comm, **kwargs)
+        CPU seconds they spend in it to ``ranks_cpu`` (one process: sends nothing, adds 0)."""
         self.comm.from_root(lambda: (fn, args, kwargs))
         result, others = _run_call(self.comm, fn, args, kwargs, self.stream)
         self.ranks_cpu += others
